@@ -143,7 +143,9 @@ def refine_descriptions(
     cap = num if max_keep is None else min(max_keep, num)
     if threshold is None:
         return list(range(cap))
-    cos = embeddings.double() @ embeddings.double().T  # [M, M]
+    # Rounding can push the cosine of identical texts just past 1; clamp so
+    # that a threshold of 1.0 keeps everything, as it does for boxes.
+    cos = (embeddings.double() @ embeddings.double().T).clamp(-1.0, 1.0)  # [M, M]
     return greedy_filter(cos, threshold, max(cap, 1))
 
 

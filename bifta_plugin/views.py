@@ -163,11 +163,11 @@ def fast_source(
     width, height = image.size
     target_short = math.ceil(size / max(min_crop_fraction, 1e-6))
     if min(width, height) <= target_short:
-        return np.asarray(image, dtype=np.uint8), (1.0, 1.0)
+        return np.array(image, dtype=np.uint8), (1.0, 1.0)
     factor = target_short / min(width, height)
     new = (max(1, round(width * factor)), max(1, round(height * factor)))
     image = image.resize(new, Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8), (new[0] / width, new[1] / height)
+    return np.array(image, dtype=np.uint8), (new[0] / width, new[1] / height)
 
 
 def fast_views(
