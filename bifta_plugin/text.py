@@ -39,7 +39,12 @@ _DCLIP_WHICH_PREFIXES = ("has", "often", "typically", "may", "can")
 
 
 def wordify(name: str) -> str:
-    """Class-name spelling used to look up description keys."""
+    """A class name as prompts spell it: underscores become spaces.
+
+    The reference applies this only to description-file keys; its class
+    lists already use spaces, so using it in templates and anchors too
+    changes nothing there and keeps "golden_retriever" labels readable.
+    """
     return name.replace("_", " ")
 
 
@@ -105,9 +110,9 @@ def class_texts(
     """
     method = config.method
     if method == "clip":
-        return [[config.anchor_template.format(c)] for c in classes]
+        return [[config.anchor_template.format(wordify(c))] for c in classes]
     if method == "ensemble":
-        return [[t.format(c) for t in config.templates] for c in classes]
+        return [[t.format(wordify(c)) for t in config.templates] for c in classes]
     if descriptions is None:
         raise ValueError(
             f"method {method!r} needs class descriptions; pass descriptions "
@@ -228,7 +233,7 @@ def build_text_side(
     """
     texts = class_texts(config, classes, descriptions)
     weighted = config.method in ("wca", "bifta")
-    anchors = [config.anchor_template.format(c) for c in classes]
+    anchors = [config.anchor_template.format(wordify(c)) for c in classes]
     all_texts = [t for group in texts for t in group]
     lookup = encode_unique(all_texts + (anchors if weighted else []), encode_texts)
 
