@@ -5,9 +5,14 @@ any test module and therefore before anything imports ``fiftyone`` (FiftyOne
 reads its config from the environment at import time). It isolates every test
 session:
 
-- ``FIFTYONE_DATABASE_DIR``: a fresh, per-session MongoDB data dir (FiftyOne
-  starts its bundled ``mongod`` there on first use; it is stopped and the dir
-  removed at the end of the session);
+- a private ``mongod`` (FiftyOne's bundled binary) on a free 127.0.0.1 port,
+  with its data in a fresh per-session dir (``FIFTYONE_DATABASE_DIR``), reached
+  through ``FIFTYONE_DATABASE_URI``; stopped, and the dir removed, at the end
+  of the session. Why not let FiftyOne start its own: FiftyOne's database
+  service *attaches to any FiftyOne DB service already running for the same
+  user*, whatever its database dir (``MultiClientService.start``), so another
+  FiftyOne process (a second test run, an App) would share its database with
+  the tests. Subprocesses (e.g. an App server) inherit the URI;
 - ``FIFTYONE_PLUGINS_DIR``: a temp dir holding only a symlink ``bifta`` -> the
   repository root (the plugin folder);
 - ``FIFTYONE_CONFIG_PATH`` & co.: non-existent files, so that a developer's
@@ -19,10 +24,15 @@ Set ``BIFTA_TEST_KEEP_TMP=1`` to keep the session temp dir (its path is printed
 in the pytest header).
 """
 
+import atexit
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -60,6 +70,92 @@ if "fiftyone" in sys.modules:  # pragma: no cover - would defeat the isolation
 for _var in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT"):
     os.environ.pop(_var, None)
 
+
+def _find_mongod():
+    """FiftyOne's bundled mongod (same lookup as fiftyone/constants.py), found
+    without importing fiftyone; None if missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fiftyone")
+    if spec is None:
+        return None
+    for root in spec.submodule_search_locations:
+        if os.path.isfile(os.path.join(root, "db", "__init__.py")):
+            path = os.path.join(root, "db", "bin", "mongod")
+            return path if os.access(path, os.X_OK) else None
+    return None
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent():  # runs in the child: SIGTERM mongod if pytest dies
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except Exception:
+        pass
+
+
+def _start_mongod(mongod, timeout=60.0):
+    """Starts mongod on a free port with FO_DATABASE_DIR; returns (proc, port)."""
+    log_path = os.path.join(FO_DATABASE_DIR, "log", "mongo.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    for _attempt in range(3):  # a free port can be taken before mongod binds it
+        port = _free_port()
+        proc = subprocess.Popen(
+            [mongod, "--dbpath", FO_DATABASE_DIR, "--logpath", log_path,
+             "--logappend", "--port", str(port), "--bind_ip", "127.0.0.1",
+             "--nounixsocket"],  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc, port
+            except OSError:
+                time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    raise RuntimeError(
+        f"tests/conftest.py could not start {mongod} (see {log_path}); "
+        "run scripts/install.sh"
+    )
+
+
+def _stop_mongod_at_exit():  # in case pytest_unconfigure never ran
+    if MONGOD_PROC is not None and MONGOD_PROC.poll() is None:
+        MONGOD_PROC.terminate()
+        try:
+            MONGOD_PROC.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            MONGOD_PROC.kill()
+
+
+# registered before fiftyone is imported, so it runs after fiftyone's own
+# exit handlers (which still use the database)
+atexit.register(_stop_mongod_at_exit)
+
+MONGOD_PATH = _find_mongod()
+MONGOD_PROC = None
+if MONGOD_PATH is not None:
+    MONGOD_PROC, MONGOD_PORT = _start_mongod(MONGOD_PATH)
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{MONGOD_PORT}"
+else:  # pragma: no cover - FiftyOne will then fail with its own message
+    sys.stderr.write(
+        "tests/conftest.py: FiftyOne's bundled mongod not found; "
+        "run scripts/install.sh\n"
+    )
+
 os.environ.update(
     {
         "FIFTYONE_DO_NOT_TRACK": "true",
@@ -88,7 +184,9 @@ CHROMIUM = os.environ.get("BIFTA_CHROMIUM", "/usr/bin/chromium")
 def pytest_report_header(config):
     return [
         f"bifta: session temp dir {SESSION_TMP}",
-        f"bifta: FIFTYONE_DATABASE_DIR={FO_DATABASE_DIR}",
+        f"bifta: mongod pid {MONGOD_PROC and MONGOD_PROC.pid}, "
+        f"FIFTYONE_DATABASE_URI={os.environ.get('FIFTYONE_DATABASE_URI')}, "
+        f"dbpath {FO_DATABASE_DIR}",
         f"bifta: FIFTYONE_PLUGINS_DIR={FO_PLUGINS_DIR} (bifta -> {REPO_ROOT})",
     ]
 
@@ -111,32 +209,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _stop_fiftyone_db():
-    """Stops the mongod that FiftyOne started for this session (if any).
+def _stop_mongod():
+    """Closes FiftyOne's clients and stops this session's mongod.
 
     Returns True if no database process is left using FO_DATABASE_DIR.
     """
     fodb = sys.modules.get("fiftyone.core.odm.database")
-    if fodb is None:
-        return True  # fiftyone's DB layer never loaded: no mongod started
-    service = getattr(fodb, "_db_service", None)
-    try:
-        fodb._disconnect()
-    except Exception:
-        pass
-    if service is None:
+    if fodb is not None:
+        try:
+            fodb._disconnect()
+        except Exception:
+            pass
+    if MONGOD_PROC is None or MONGOD_PROC.poll() is not None:
         return True
+    MONGOD_PROC.terminate()  # SIGTERM: clean shutdown, about a second
     try:
-        # closes the service wrapper's stdin: it terminates mongod and waits
-        service.stop()
-        return True
-    except Exception as e:  # pragma: no cover
-        sys.stderr.write(f"bifta conftest: could not stop mongod: {e!r}\n")
-        return False
+        MONGOD_PROC.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        MONGOD_PROC.kill()
+        MONGOD_PROC.wait()
+    return True
 
 
 def pytest_unconfigure(config):
-    stopped = _stop_fiftyone_db()
+    stopped = _stop_mongod()
     if os.environ.get("BIFTA_TEST_KEEP_TMP") == "1":
         sys.stderr.write(f"bifta conftest: kept {SESSION_TMP}\n")
     elif stopped:

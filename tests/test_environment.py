@@ -13,7 +13,9 @@ def test_env_is_isolated():
     assert os.environ["FIFTYONE_DO_NOT_TRACK"] == "true"
     assert os.environ["FIFTYONE_DATABASE_VALIDATION"] == "false"
     assert os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] == "false"
-    assert "FIFTYONE_DATABASE_URI" not in os.environ
+    assert os.environ["FIFTYONE_DATABASE_URI"] == (
+        f"mongodb://127.0.0.1:{conftest.MONGOD_PORT}"
+    )
     cache = os.environ["BIFTA_CACHE_DIR"]
     assert cache.startswith(conftest.SESSION_TMP) and os.path.isdir(cache)
 
@@ -31,7 +33,7 @@ def test_plugins_dir_holds_symlink_to_repo():
 def test_fiftyone_config_reads_isolated_env():
     import fiftyone as fo
 
-    assert fo.config.database_uri is None
+    assert fo.config.database_uri == os.environ["FIFTYONE_DATABASE_URI"]
     assert fo.config.database_dir == conftest.FO_DATABASE_DIR
     assert fo.config.plugins_dir == conftest.FO_PLUGINS_DIR
     assert fo.config.do_not_track is True
@@ -44,6 +46,7 @@ def test_bundled_mongod_runs():
     import fiftyone.core.service as fos
 
     mongod = fos.DatabaseService.find_mongod()
+    assert os.path.samefile(mongod, conftest.MONGOD_PATH)
     out = subprocess.run(
         [mongod, "--version"], capture_output=True, text=True, timeout=60
     )
@@ -62,9 +65,16 @@ def test_dataset_roundtrip_in_isolated_db(fo_dataset, sample_images):
     assert ds.count_values("ground_truth.label") == {"cat": 1, "astronaut": 1}
     assert ds.name in fo.list_datasets()
 
-    # the mongod FiftyOne started uses this session's temp dir
-    lock = os.path.join(conftest.FO_DATABASE_DIR, "mongod.lock")
-    assert os.path.isfile(lock) and os.path.getsize(lock) > 0
+    # FiftyOne talks to this session's private mongod, whose data lie in the
+    # session's temp dir, and did not start (or attach to) a DB service
+    import fiftyone.core.odm.database as fodb
+
+    assert fodb._db_service is None
+    assert fodb.get_db_client().address == ("127.0.0.1", conftest.MONGOD_PORT)
+    assert conftest.MONGOD_PROC.poll() is None
+    cmdline = open(f"/proc/{conftest.MONGOD_PROC.pid}/cmdline").read().split("\0")
+    assert cmdline[cmdline.index("--dbpath") + 1] == conftest.FO_DATABASE_DIR
+    assert os.path.isfile(os.path.join(conftest.FO_DATABASE_DIR, "WiredTiger"))
 
 
 def test_sample_images(sample_images, corrupt_image):
