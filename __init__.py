@@ -1,0 +1,19 @@
+"""FiftyOne plugin ``@bifta/bifta``: registers the BiFTA operators (and panels).
+
+FiftyOne imports this file as a package (``fiftyone.plugins.orgs.bifta.bifta``),
+so the library next to it is reached with relative imports. Nothing heavy is
+imported here: the operators import the engine (torch, open_clip) only inside
+``execute``, so listing plugins or operators stays fast.
+"""
+
+from .bifta_plugin.ui.operators import (
+    DeleteBiftaRun,
+    GetBiftaRunInfo,
+    RunBifta,
+)
+
+
+def register(p):
+    p.register(RunBifta)
+    p.register(GetBiftaRunInfo)
+    p.register(DeleteBiftaRun)

@@ -1,0 +1,757 @@
+"""Command line: ``python -m bifta_plugin {classify,folder,demo,runs,info,delete-run}``.
+
+Examples::
+
+    # classify an existing dataset into typed classes, with descriptions
+    python -m bifta_plugin classify --dataset my-ds --classes cat dog \\
+        --descriptions pets.json --gt-field ground_truth
+
+    # build a dataset from a folder of images (subfolders = classes) and classify
+    python -m bifta_plugin folder ~/photos --dataset photos --labels-from-subdirs
+
+    # the demo: real photos shipped with scikit-image, BiFTA, evaluation
+    python -m bifta_plugin demo
+
+    python -m bifta_plugin runs --dataset my-ds
+    python -m bifta_plugin delete-run --dataset my-ds bifta
+
+Every option maps to a keyword of :func:`bifta_plugin.api.run_bifta`
+(``--label-field`` -> ``label_field``, ...). ``--model-config FILE.json``
+registers a custom open_clip model config (its name is the file stem), e.g.
+to use a local architecture together with ``--pretrained /path/weights.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DESCRIPTION_METHODS, METHODS
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_METHOD = "ensemble"
+DEMO_DATASET = "bifta-demo"
+DEMO_DESCRIPTIONS = Path(__file__).parent / "data" / "demo_descriptions.json"
+#: (skimage.data function, index into its result or None, file name, label)
+DEMO_IMAGES = (
+    ("chelsea", None, "cat.jpg", "cat"),
+    ("astronaut", None, "astronaut.jpg", "astronaut"),
+    ("coffee", None, "coffee.jpg", "coffee"),
+    ("rocket", None, "rocket.jpg", "rocket"),
+    ("stereo_motorcycle", 0, "motorcycle-left.jpg", "motorcycle"),
+    ("stereo_motorcycle", 1, "motorcycle-right.jpg", "motorcycle"),
+    ("horse", None, "horse.png", "horse"),
+    ("camera", None, "cameraman.png", "camera"),
+    ("coins", None, "coins.png", "coins"),
+    ("clock", None, "clock.png", "clock"),
+)
+#: crops per image for the demo on CPU (the methods' default is 100)
+DEMO_CPU_CANDIDATES = 32
+PANELS = ("bifta_mispredictions", "bifta_explanation")
+
+
+class CliError(Exception):
+    """A user error: printed as ``error: ...``, exit status 2."""
+
+
+# ----------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:  # FiftyOne configures its own loggers: touch only ours
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        )
+        package_logger = logging.getLogger(__package__)
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+    try:
+        _register_model_configs(getattr(args, "model_config", None))
+        return args.func(args)
+    except (CliError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bifta_plugin",
+        description="BiFTA / WCA zero-shot CLIP classification for FiftyOne.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log more"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND"
+    )
+
+    p = sub.add_parser(
+        "classify", help="classify an existing FiftyOne dataset"
+    )
+    p.add_argument("--dataset", required=True, help="dataset name")
+    _add_classes_args(p, required=True)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "folder",
+        help="build a dataset from a folder of images, then classify it",
+    )
+    p.add_argument("directory", help="folder of images (searched recursively)")
+    p.add_argument("--dataset", required=True, help="name of the new dataset")
+    p.add_argument(
+        "--labels-from-subdirs",
+        action="store_true",
+        help="subfolder names are the ground-truth classes (stored in "
+        "'ground_truth', used as classes and for evaluation by default)",
+    )
+    p.add_argument(
+        "--overwrite-dataset",
+        action="store_true",
+        help="replace an existing dataset of that name",
+    )
+    _add_classes_args(p, required=False)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_folder)
+
+    p = sub.add_parser(
+        "demo", help="classify real photos shipped with scikit-image"
+    )
+    p.add_argument(
+        "--dataset",
+        default=DEMO_DATASET,
+        help=f"dataset name (default {DEMO_DATASET}; replaced)",
+    )
+    p.add_argument(
+        "--media-dir",
+        help="where to write the images (default <fiftyone dataset dir>/bifta-demo)",
+    )
+    p.add_argument("--method", default="bifta", choices=METHODS)
+    p.add_argument("--limit", type=int, help="use only the first N photos")
+    _add_model_args(p)
+    _add_runtime_args(p)
+    p.add_argument(
+        "--num-candidates",
+        type=int,
+        help=f"crops per image (default: the method's 100 on a GPU, "
+        f"{DEMO_CPU_CANDIDATES} on CPU to keep the demo quick)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("runs", help="list the BiFTA runs of a dataset")
+    p.add_argument("--dataset", required=True)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("info", help="print a BiFTA run's provenance as JSON")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("run_key")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "delete-run", help="delete a BiFTA run and the fields it wrote"
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("run_key")
+    p.add_argument(
+        "--keep-fields", action="store_true", help="delete only the run record"
+    )
+    p.set_defaults(func=cmd_delete_run)
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------
+def _add_classes_args(p, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument(
+        "--classes", nargs="+", metavar="CLASS", help="class names"
+    )
+    group.add_argument(
+        "--classes-file",
+        help="class list: .txt (one per line), JSON or YAML list",
+    )
+    group.add_argument(
+        "--classes-field", help="use the labels of this Classification field"
+    )
+
+
+def _add_model_args(p) -> None:
+    p.add_argument(
+        "--model",
+        dest="model_name",
+        default="ViT-B-32",
+        help="open_clip model name (default ViT-B-32)",
+    )
+    p.add_argument(
+        "--pretrained",
+        default="openai",
+        help="open_clip tag, or a local checkpoint file; 'none' = random "
+        "weights (default openai)",
+    )
+    p.add_argument(
+        "--model-config",
+        action="append",
+        metavar="JSON",
+        help="register a custom open_clip model config (name = file stem); repeatable",
+    )
+
+
+def _add_runtime_args(p) -> None:
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16")
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="image decoding workers (default: automatic)",
+    )
+    p.add_argument(
+        "--crop-mode", default="auto", choices=("auto", "exact", "fast")
+    )
+
+
+def _add_run_args(p) -> None:
+    p.add_argument("--method", default="bifta", choices=METHODS)
+    p.add_argument(
+        "--descriptions",
+        help="class descriptions file (JSON/YAML {class: [sentences]}, or "
+        "templates); without it the description methods fall back to "
+        f"'{FALLBACK_METHOD}'",
+    )
+    p.add_argument(
+        "--descriptions-format",
+        default="auto",
+        choices=("auto", "cupl", "dclip", "templates"),
+    )
+    p.add_argument("--label-field", default="bifta")
+    p.add_argument(
+        "--gt-field", help="Classification field to evaluate against"
+    )
+    p.add_argument(
+        "--eval-key", help="evaluation key (default eval_<run key>)"
+    )
+    p.add_argument("--run-key", help="run key (default: the label field)")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="only samples without a prediction (resume)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run/fields of that name",
+    )
+    _add_model_args(p)
+    _add_runtime_args(p)
+    g = p.add_argument_group("method settings (default: the method's preset)")
+    g.add_argument("--num-candidates", type=int)
+    g.add_argument("--max-views", type=int)
+    g.add_argument("--iou-threshold", type=_float_or_off, help="0-1, or 'off'")
+    g.add_argument(
+        "--desc-sim-threshold", type=_float_or_off, help="0-1, or 'off'"
+    )
+    g.add_argument(
+        "--max-descriptions", type=_int_or_off, help="an integer, or 'off'"
+    )
+    g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config field, e.g. --set protocol=resample (VALUE is JSON or a string)",
+    )
+
+
+def _float_or_off(text: str):
+    return "off" if text.lower() == "off" else float(text)
+
+
+def _int_or_off(text: str):
+    return "off" if text.lower() == "off" else int(text)
+
+
+def _config_overrides(args) -> dict:
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "num_candidates",
+            "max_views",
+            "iou_threshold",
+            "desc_sim_threshold",
+            "max_descriptions",
+            "seed",
+        )
+        if getattr(args, name, None) is not None
+    }
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--set expects KEY=VALUE; got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def _register_model_configs(paths) -> None:
+    """``open_clip.add_model_config`` for each ``--model-config`` file."""
+    if not paths:
+        return
+    import open_clip
+
+    for path in paths:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CliError(f"--model-config {path}: no such file")
+        if path.stem not in open_clip.list_models():
+            open_clip.add_model_config(path)
+        logger.info("registered open_clip model config %r", path.stem)
+
+
+# ----------------------------------------------------------------------------
+# classify / folder
+# ----------------------------------------------------------------------------
+def cmd_classify(args) -> int:
+    dataset = _load_dataset(args.dataset)
+    return _classify(dataset, args)
+
+
+def cmd_folder(args) -> int:
+    dataset = _dataset_from_folder(
+        args.directory,
+        args.dataset,
+        args.labels_from_subdirs,
+        args.overwrite_dataset,
+    )
+    print(f"Created dataset {dataset.name!r} with {len(dataset)} images")
+    if args.labels_from_subdirs:
+        if not (args.classes or args.classes_file or args.classes_field):
+            args.classes_field = "ground_truth"
+        if args.gt_field is None:
+            args.gt_field = "ground_truth"
+    elif not (args.classes or args.classes_file or args.classes_field):
+        raise CliError(
+            "pass --classes, --classes-file or --classes-field (or "
+            "--labels-from-subdirs to use the subfolder names)"
+        )
+    return _classify(dataset, args)
+
+
+def _classify(samples, args) -> int:
+    from .api import run_bifta
+
+    kwargs = _run_kwargs(args)
+    result = run_bifta(samples, **kwargs)
+    print(result.summary())
+    if result.num_failed:
+        print(
+            f"{result.num_failed} sample(s) failed; see the "
+            f"'{result.label_field}_error' field",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _run_kwargs(args) -> dict:
+    """``run_bifta`` keywords from the parsed arguments (same names)."""
+    kwargs = dict(
+        label_field=args.label_field,
+        method=args.method,
+        model_name=args.model_name,
+        pretrained=args.pretrained,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        crop_mode=args.crop_mode,
+        descriptions_format=args.descriptions_format,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        gt_field=args.gt_field,
+        eval_key=args.eval_key,
+        run_key=args.run_key,
+        **_config_overrides(args),
+    )
+    if args.classes_field:
+        kwargs["classes_field"] = args.classes_field
+    elif args.classes_file:
+        from .descriptions import load_classes
+
+        kwargs["classes"] = load_classes(args.classes_file)
+    else:
+        kwargs["classes"] = args.classes
+    if args.method in DESCRIPTION_METHODS:
+        if args.descriptions:
+            kwargs["descriptions"] = args.descriptions
+        else:
+            _notice(
+                f"method '{args.method}' needs class descriptions and no "
+                f"--descriptions was given: running '{FALLBACK_METHOD}' "
+                "(prompt templates) instead"
+            )
+            kwargs["method"] = FALLBACK_METHOD
+    elif args.descriptions:
+        _notice(
+            f"method '{args.method}' does not use descriptions; ignoring --descriptions"
+        )
+    return kwargs
+
+
+def _load_dataset(name: str):
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        names = fo.list_datasets()
+        raise CliError(
+            f"no dataset named {name!r}; existing datasets: {names or 'none'}"
+        )
+    return fo.load_dataset(name)
+
+
+def _dataset_from_folder(
+    directory, name, labels_from_subdirs: bool, overwrite: bool
+):
+    import fiftyone as fo
+
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory")
+    if fo.dataset_exists(name) and not overwrite:
+        raise CliError(
+            f"dataset {name!r} already exists; pass --overwrite-dataset to "
+            "replace it, or use `classify --dataset` to classify it"
+        )
+    if labels_from_subdirs:
+        dataset_type = fo.types.ImageClassificationDirectoryTree
+        kwargs = dict(label_field="ground_truth")
+    else:
+        dataset_type = fo.types.ImageDirectory
+        kwargs = dict(recursive=True)
+    dataset = fo.Dataset.from_dir(
+        dataset_dir=str(directory),
+        dataset_type=dataset_type,
+        name=name,
+        persistent=True,
+        overwrite=overwrite,
+        **kwargs,
+    )
+    if len(dataset) == 0:
+        dataset.delete()
+        raise CliError(f"no images found in {directory}")
+    return dataset
+
+
+# ----------------------------------------------------------------------------
+# runs / info / delete-run
+# ----------------------------------------------------------------------------
+def cmd_runs(args) -> int:
+    from . import runs
+
+    dataset = _load_dataset(args.dataset)
+    keys = runs.list_bifta_runs(dataset)
+    if not keys:
+        print(f"dataset {dataset.name!r} has no BiFTA runs")
+        return 0
+    rows = [
+        (
+            "RUN KEY",
+            "METHOD",
+            "LABEL FIELD",
+            "MODEL",
+            "STATUS",
+            "ACCURACY",
+            "STARTED",
+        )
+    ]
+    for key in keys:
+        info = runs.get_bifta_run_info(dataset, key)
+        accuracy = (info.get("results") or {}).get("accuracy")
+        rows.append(
+            (
+                key,
+                str(info.get("method")),
+                str(info.get("label_field")),
+                f"{info.get('model_name')} ({info.get('pretrained') or 'random'})",
+                str(info.get("status")),
+                "-" if accuracy is None else f"{accuracy:.3f}",
+                str(info.get("timestamp", ""))[:19],
+            )
+        )
+    _print_table(rows)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import runs
+
+    dataset = _load_dataset(args.dataset)
+    info = runs.get_bifta_run_info(dataset, args.run_key)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_delete_run(args) -> int:
+    from . import runs
+
+    dataset = _load_dataset(args.dataset)
+    deleted = runs.delete_bifta_run(
+        dataset, args.run_key, delete_fields=not args.keep_fields
+    )
+    print(f"deleted run {args.run_key!r}; deleted fields: {deleted or 'none'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# demo
+# ----------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .api import run_bifta
+
+    import fiftyone as fo
+
+    images = DEMO_IMAGES[: args.limit] if args.limit else DEMO_IMAGES
+    if not images:
+        raise CliError("--limit must be at least 1")
+    media_dir = Path(
+        args.media_dir or Path(fo.config.default_dataset_dir) / DEMO_DATASET
+    )
+    dataset = _demo_dataset(
+        args.dataset, _write_demo_images(images, media_dir)
+    )
+    classes = list(dict.fromkeys(label for *_, label in DEMO_IMAGES))
+    encoder = _demo_encoder(args)
+    overrides = {}
+    num_candidates = _demo_num_candidates(args, encoder)
+    if num_candidates is not None:
+        overrides["num_candidates"] = num_candidates
+    _print_demo_settings(args, encoder, num_candidates, len(dataset), classes)
+    result = run_bifta(
+        dataset,
+        classes=classes,
+        descriptions=(
+            str(DEMO_DESCRIPTIONS)
+            if args.method in DESCRIPTION_METHODS
+            else None
+        ),
+        method=args.method,
+        label_field="bifta",
+        gt_field="ground_truth",
+        encoder=encoder,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        crop_mode=args.crop_mode,
+        overwrite=True,
+        **overrides,
+    )
+    _print_demo_report(dataset, result, encoder)
+    return 0
+
+
+def _write_demo_images(images, media_dir: Path) -> list[tuple[str, str]]:
+    """Write the scikit-image photos to ``media_dir``; returns (path, label)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    media_dir.mkdir(parents=True, exist_ok=True)
+    cache = {}
+    out = []
+    for func, index, name, label in images:
+        if func not in cache:
+            cache[func] = getattr(skdata, func)()
+        array = cache[func] if index is None else cache[func][index]
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        image = Image.fromarray(np.ascontiguousarray(array))
+        path = media_dir / name
+        if name.endswith(".jpg"):
+            image.convert("RGB").save(path, quality=92)
+        else:
+            image.save(path)
+        out.append((str(path), label))
+    return out
+
+
+def _demo_dataset(name: str, samples):
+    import fiftyone as fo
+
+    dataset = fo.Dataset(name, persistent=True, overwrite=True)
+    dataset.add_samples(
+        [
+            fo.Sample(
+                filepath=path, ground_truth=fo.Classification(label=label)
+            )
+            for path, label in samples
+        ]
+    )
+    dataset.classes["ground_truth"] = sorted({label for _, label in samples})
+    dataset.save()
+    return dataset
+
+
+def _demo_encoder(args):
+    """The requested encoder; random weights (LOUDLY) when they cannot load."""
+    from .encoders import create_encoder, is_random_weights
+
+    def create(pretrained):
+        return create_encoder(
+            args.model_name,
+            pretrained,
+            device=args.device,
+            precision=args.precision,
+        )
+
+    if is_random_weights(args.model_name, args.pretrained):
+        _banner(
+            f"RANDOM WEIGHTS (--pretrained {args.pretrained})",
+            [
+                f"{args.model_name} runs with randomly initialised weights: the",
+                "pipeline runs end to end, but the predictions are MEANINGLESS.",
+                "Run with the default --pretrained openai for real predictions.",
+            ],
+        )
+        return create(None)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in (
+        "1",
+        "true",
+        "yes",
+    ):
+        print(
+            f"Loading {args.model_name} ({args.pretrained}); the first run downloads "
+            "the weights (offline? set HF_HUB_OFFLINE=1 to fail fast)",
+            file=sys.stderr,
+        )
+    try:
+        return create(args.pretrained)
+    except RuntimeError as e:
+        _banner(
+            "COULD NOT LOAD THE PRETRAINED WEIGHTS",
+            [
+                f"model {args.model_name!r}, pretrained {args.pretrained!r}",
+                f"reason: {e}",
+                "",
+                "Running with RANDOM weights instead, so that the pipeline runs",
+                "end to end: the predictions below are MEANINGLESS.",
+                "Connect to the internet (or put the weights in the Hugging Face",
+                "cache, or pass --pretrained /path/to/checkpoint.pt) and rerun.",
+            ],
+        )
+        return create(None)
+
+
+def _demo_num_candidates(args, encoder) -> int | None:
+    from .config import CROP_METHODS
+
+    if args.method not in CROP_METHODS:
+        return args.num_candidates
+    if args.num_candidates is not None:
+        return args.num_candidates
+    return DEMO_CPU_CANDIDATES if str(encoder.device) == "cpu" else None
+
+
+def _print_demo_settings(
+    args, encoder, num_candidates, num_images, classes
+) -> None:
+    from .config import get_config
+
+    weights = (
+        "RANDOM weights"
+        if encoder.is_random
+        else f"weights {encoder.pretrained}"
+    )
+    crops = "no crops (global view only)"
+    if args.method in ("wca", "bifta"):
+        default = get_config(args.method).num_candidates
+        crops = f"{num_candidates or default} crops per image"
+        if num_candidates is not None and num_candidates != default:
+            crops += (
+                f" (method default {default}; pass --num-candidates {default})"
+            )
+    print(
+        f"BiFTA demo: {num_images} photos, {len(classes)} classes, method "
+        f"{args.method}, model {encoder.model_name} ({weights}), device "
+        f"{encoder.device}, {crops}"
+    )
+
+
+def _print_demo_report(dataset, result, encoder) -> None:
+    paths, truth, labels, confidences = dataset.values(
+        ["filepath", "ground_truth.label", "bifta.label", "bifta.confidence"]
+    )
+    rows = [("IMAGE", "GROUND TRUTH", "PREDICTION", "CONFIDENCE", "")]
+    for path, gt, label, conf in zip(paths, truth, labels, confidences):
+        rows.append(
+            (
+                os.path.basename(path),
+                str(gt),
+                str(label),
+                "-" if conf is None else f"{conf:.3f}",
+                "ok" if label == gt else "WRONG",
+            )
+        )
+    print()
+    _print_table(rows)
+    print()
+    if result.accuracy is not None:
+        print(
+            f"Accuracy: {result.accuracy:.3f} ({result.num_evaluated} photos, eval key {result.eval_key!r})"
+        )
+    if encoder.is_random:
+        print("(random weights: these predictions are meaningless)")
+    print(result.summary())
+    print(
+        "\nOpen the results in the FiftyOne App:\n"
+        f"  fiftyone app launch {dataset.name}\n"
+        "or from Python:\n"
+        f"  import fiftyone as fo; session = fo.launch_app(fo.load_dataset({dataset.name!r}))\n"
+        'With the plugin installed (ln -s <this repo> "$(fiftyone config plugins_dir)/bifta"),\n'
+        f"open the panels {', '.join(PANELS)} from the App's '+' tab, and run\n"
+        "'BiFTA: zero-shot classify' from the operator browser (backtick key)."
+    )
+
+
+# ----------------------------------------------------------------------------
+# Output helpers
+# ----------------------------------------------------------------------------
+def _notice(message: str) -> None:
+    print(f"notice: {message}", file=sys.stderr)
+
+
+def _banner(title: str, lines) -> None:
+    bar = "!" * 78
+    text = (
+        [bar, f"!! BiFTA demo: {title}"]
+        + [f"!!   {line}" for line in lines]
+        + [bar]
+    )
+    print("\n".join(text), file=sys.stderr, flush=True)
+
+
+def _print_table(rows) -> None:
+    widths = [
+        max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))
+    ]
+    for row in rows:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths)
+            ).rstrip()
+        )

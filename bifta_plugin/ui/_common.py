@@ -1,0 +1,259 @@
+"""Form helpers shared by the BiFTA operators and panels.
+
+Everything here runs inside ``resolve_input``, which FiftyOne calls on every
+form change (``dynamic=True``) and once more at execution: it reads only the
+dataset schema, the run list and small files, and never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import fiftyone as fo
+import fiftyone.operators.types as types
+
+#: suffixes of the fields a run writes next to ``label_field`` (ARCHITECTURE.md)
+DERIVED_SUFFIXES = ("_crops", "_scores", "_topk", "_error")
+
+#: largest class-list file the form reads to validate it
+MAX_FORM_FILE_BYTES = 1_000_000
+
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+# ----------------------------------------------------------------------------
+# Paths: FileExplorerView in the App, plain strings from the SDK
+# ----------------------------------------------------------------------------
+def parse_path(value: Any) -> str | None:
+    """A path param as a string: FileExplorerView gives ``{"absolute_path": ..}``,
+    SDK callers give a plain string; empty values give None."""
+    if isinstance(value, Mapping):
+        value = value.get("absolute_path") or value.get("path")
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return os.path.expanduser(value.strip())
+
+
+def path_input(
+    ctx,
+    inputs: types.Object,
+    name: str,
+    *,
+    label: str,
+    description: str,
+    required: bool = False,
+    button_label: str = "Choose a file...",
+):
+    """A file-path input: a file explorer in the App, a string for SDK calls.
+
+    FiftyOne validates a ``types.File`` value as an object, so a plain string
+    from ``execute_operator`` would fail validation; when the caller already
+    passed a string, the input is declared as a string instead.
+
+    Returns:
+        the property, for validation messages.
+    """
+    if isinstance(ctx.params.get(name), str):
+        return inputs.str(
+            name, label=label, description=description, required=required
+        )
+    return inputs.file(
+        name,
+        label=label,
+        description=description,
+        required=required,
+        view=types.FileExplorerView(
+            choose_dir=False, button_label=button_label
+        ),
+    )
+
+
+def read_list_file(path: str, what: str = "class list") -> list[str]:
+    """Read a small list of names: a JSON list, or a text file (one per line).
+
+    Blank lines and lines starting with ``#`` are skipped in text files.
+
+    Raises:
+        ValueError: missing, too big for the form, malformed or empty file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} file not found: {path}")
+    if p.stat().st_size > MAX_FORM_FILE_BYTES:
+        raise ValueError(
+            f"{what} file {path} is larger than "
+            f"{MAX_FORM_FILE_BYTES // 1000} kB"
+        )
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, list) or not all(
+            isinstance(x, str) for x in data
+        ):
+            raise ValueError(f"{path} must hold a JSON list of strings")
+        names = [x.strip() for x in data]
+    else:
+        names = [line.strip() for line in text.splitlines()]
+        names = [n for n in names if not n.startswith("#")]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"{what} file {path} is empty")
+    return names
+
+
+# ----------------------------------------------------------------------------
+# Fields
+# ----------------------------------------------------------------------------
+def get_label_fields(collection, label_types) -> list[str]:
+    """Paths of the fields of ``collection`` holding ``label_types`` labels
+    (embedded fields under list fields are skipped)."""
+    schema = collection.get_field_schema(flat=True)
+    list_roots = tuple(
+        path + "."
+        for path, field in schema.items()
+        if isinstance(field, fo.ListField)
+    )
+    return sorted(
+        path
+        for path, field in schema.items()
+        if isinstance(field, fo.EmbeddedDocumentField)
+        and issubclass(field.document_type, label_types)
+        and not path.startswith(list_roots)
+    )
+
+
+def classification_fields(collection) -> list[str]:
+    """The ``fo.Classification`` fields of ``collection``."""
+    return get_label_fields(collection, fo.Classification)
+
+
+def field_dropdown(
+    inputs: types.Object,
+    name: str,
+    fields: Iterable[str],
+    *,
+    label: str,
+    description: str,
+    required: bool = False,
+):
+    """An enum input over field names (None when there are none to choose)."""
+    fields = list(fields)
+    if not fields:
+        return None
+    choices = types.Dropdown(label=label, description=description)
+    for path in fields:
+        choices.add_choice(path, label=path)
+    return inputs.enum(
+        name,
+        choices.values(),
+        label=label,
+        description=description,
+        required=required,
+        view=choices,
+    )
+
+
+def field_name_error(name: Any) -> str | None:
+    """Why ``name`` cannot be a new top-level field, or None if it can."""
+    if not isinstance(name, str) or not name:
+        return "Enter a field name"
+    if not _FIELD_NAME.fullmatch(name):
+        return (
+            f"'{name}' is not a valid field name: use letters, digits and "
+            "underscores, starting with a letter"
+        )
+    return None
+
+
+def device_error(device: Any) -> str | None:
+    """Why ``device`` is not a device string, or None (no torch import)."""
+    if device is None or (
+        isinstance(device, str) and _DEVICE.fullmatch(device.strip().lower())
+    ):
+        return None
+    return f"'{device}' is not a device: use auto, cpu, cuda, cuda:N or mps"
+
+
+def distinct_labels(collection, field: str) -> list[str]:
+    """The distinct labels of a Classification field (one aggregation)."""
+    return sorted(
+        x for x in collection.distinct(f"{field}.label") if x is not None
+    )
+
+
+def bifta_label_fields(dataset) -> dict[str, str]:
+    """``{label_field: run_key}`` of the BiFTA runs on ``dataset``."""
+    from .. import runs
+
+    out = {}
+    for run_key in runs.list_bifta_runs(dataset):
+        info = runs.get_bifta_run_info(dataset, run_key)
+        out[info.get("label_field") or run_key] = run_key
+    return out
+
+
+def bifta_run_fields(dataset, run_key: str) -> list[str]:
+    """The existing fields that BiFTA run ``run_key`` wrote."""
+    from .. import runs
+
+    info = runs.get_bifta_run_info(dataset, run_key)
+    schema = dataset.get_field_schema()
+    return [f for f in (info.get("fields") or {}).values() if f in schema]
+
+
+# ----------------------------------------------------------------------------
+# Messages and small widgets
+# ----------------------------------------------------------------------------
+def set_invalid(prop, message: str) -> None:
+    """Mark ``prop`` invalid with ``message`` (disables Execute in the App)."""
+    prop.invalid = True
+    prop.error_message = message
+
+
+def notice(inputs: types.Object, name: str, text: str) -> None:
+    inputs.view(name, types.Notice(label=text))
+
+
+def warning(inputs: types.Object, name: str, text: str) -> None:
+    inputs.view(name, types.Warning(label=text))
+
+
+def error(inputs: types.Object, name: str, text: str) -> None:
+    inputs.view(name, types.Error(label=text))
+
+
+def radio(
+    inputs: types.Object,
+    name: str,
+    options: Mapping[str, str],
+    *,
+    label: str,
+    default: str,
+    description: str | None = None,
+    dropdown: bool = False,
+):
+    """An enum input from ``{value: label}``.
+
+    Not ``required``: SDK callers may omit it and get ``default``.
+    """
+    choices = types.Dropdown() if dropdown else types.RadioGroup()
+    for value, text in options.items():
+        choices.add_choice(value, label=text)
+    return inputs.enum(
+        name,
+        choices.values(),
+        label=label,
+        description=description,
+        default=default,
+        view=choices,
+    )

@@ -1,0 +1,443 @@
+"""The plugin's operators, through FiftyOne's real registry and executor.
+
+The tiny open_clip model (tests/tiny_model.py) is registered in this process,
+which is where ``execute_operator`` runs the operator; random weights, so
+only the plumbing is checked, never the predictions' quality.
+"""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.fiftyone
+
+URI = "@bifta/bifta/run_bifta"
+INFO_URI = "@bifta/bifta/get_bifta_run_info"
+DELETE_URI = "@bifta/bifta/delete_bifta_run"
+CLASSES = ["cat", "astronaut", "coffee"]
+FAST = dict(num_candidates=3, max_views=3, batch_size=2)
+
+
+@pytest.fixture
+def descriptions_file(tmp_path):
+    path = tmp_path / "descriptions.json"
+    path.write_text(
+        json.dumps(
+            {
+                "cat": ["a small furry pet with whiskers.", "a cat sitting."],
+                "astronaut": ["a person in a space suit.", "an astronaut."],
+                "coffee": ["a cup of hot coffee.", "a mug of black coffee."],
+            }
+        )
+    )
+    return str(path)
+
+
+@pytest.fixture
+def dataset(fo_dataset, sample_images):
+    return fo_dataset(
+        sample_images[:3]
+    )  # cat, astronaut, coffee + ground_truth
+
+
+@pytest.fixture
+def base_params(tiny_model_name):
+    return dict(
+        classes_source="list",
+        classes=CLASSES,
+        model_name=tiny_model_name,
+        pretrained="none",
+        device="cpu",
+        **FAST,
+    )
+
+
+def _execute(dataset, params, **kwargs):
+    import fiftyone.operators as foo
+
+    return foo.execute_operator(
+        URI, ctx=dict(dataset=dataset.name, params=params), **kwargs
+    )
+
+
+def _requests(result):
+    return [r["operator_uri"] for r in result.executor.to_json()["requests"]]
+
+
+def _form(dataset, params, uri=URI, view=None):
+    """resolve_input as the App calls it: {name: Property}."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    ctx = ExecutionContext(
+        request_params={
+            "dataset_name": dataset.name,
+            "params": params,
+            "view": (view or dataset.view())._serialize(),
+        },
+        executor=Executor(),
+        operator_uri=uri,
+    )
+    prop = foo.get_operator(uri).resolve_input(ctx)
+    json.dumps(prop.to_json())  # what the App receives must serialise
+    return prop.type.properties
+
+
+# ----------------------------------------------------------------------------
+# immediate execution
+# ----------------------------------------------------------------------------
+def test_immediate_run_writes_fields_and_streams_progress(
+    dataset, base_params, descriptions_file
+):
+    from bifta_plugin.ui.operators import streamed_results
+
+    params = dict(
+        base_params,
+        method="bifta",
+        descriptions_path=descriptions_file,
+        label_field="pred",
+        gt_field="ground_truth",
+        skip_failures=False,
+    )
+    result = _execute(dataset, params)
+    requests = _requests(result)
+    assert "set_progress" in requests
+    assert requests[-2:] == ["reload_dataset", "show_output"]
+
+    out = streamed_results(result)
+    assert out["num_processed"] == 3 and out["num_failed"] == 0
+    assert out["method"] == "bifta" and out["fallback"] is None
+    assert 0.0 <= out["accuracy"] <= 1.0 and out["eval_key"] == "eval_pred"
+    assert "Accuracy" in json.dumps(result.executor.to_json())
+
+    dataset.reload()
+    schema = dataset.get_field_schema()
+    for name in ("pred", "pred_crops", "pred_scores", "pred_error"):
+        assert name in schema
+    labels = dataset.values("pred.label")
+    assert all(label in CLASSES for label in labels)
+    assert all(len(d.detections) >= 1 for d in dataset.values("pred_crops"))
+    assert dataset.has_evaluation("eval_pred")
+
+
+def test_missing_descriptions_fall_back_to_ensemble(dataset, base_params):
+    from bifta_plugin.ui.operators import streamed_results
+
+    props = _form(dataset, dict(base_params, method="wca"))
+    assert "descriptions_fallback" in props
+    notice = props["descriptions_fallback"].view.label
+    assert "ensemble" in notice and "wca" in notice
+
+    out = streamed_results(_execute(dataset, dict(base_params, method="wca")))
+    assert out["method_requested"] == "wca"
+    assert out["method"] == "ensemble"
+    assert "ensemble" in out["fallback"]
+    dataset.reload()
+    assert (
+        "bifta_crops" not in dataset.get_field_schema()
+    )  # no crops: ensemble
+    assert set(dataset.values("bifta.label")) <= set(CLASSES)
+
+    # a method that needs no descriptions shows no notice
+    assert "descriptions_fallback" not in _form(
+        dataset, dict(base_params, method="clip")
+    )
+
+
+def test_classes_from_file_and_from_field(dataset, base_params, tmp_path):
+    from bifta_plugin.ui.operators import streamed_results
+
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_text("# my classes\ncat\n\nastronaut\ncoffee\n")
+    params = dict(base_params, method="clip", label_field="from_file")
+    params.pop("classes")
+    params.update(classes_source="file", classes_path=str(classes_file))
+    out = streamed_results(_execute(dataset, params))
+    assert out["num_processed"] == 3
+
+    params.update(
+        classes_source="field",
+        classes_field="ground_truth",
+        label_field="from_gt",
+    )
+    out = streamed_results(_execute(dataset, params))
+    assert out["num_processed"] == 3
+    dataset.reload()
+    assert set(dataset.values("from_gt.label")) <= set(CLASSES)
+
+
+def test_target_view_selected_samples(dataset, base_params):
+    import fiftyone.operators as foo
+
+    first = dataset.first().id
+    result = foo.execute_operator(
+        URI,
+        ctx=dict(
+            dataset=dataset.name,
+            selected=[first],
+            params=dict(
+                base_params, method="clip", view_target="SELECTED_SAMPLES"
+            ),
+        ),
+    )
+    assert result.error is None
+    dataset.reload()
+    assert dataset.exists("bifta").values("id") == [first]
+
+
+# ----------------------------------------------------------------------------
+# the form
+# ----------------------------------------------------------------------------
+def _invalid(props, name):
+    prop = props[name]
+    return prop.invalid, prop.error_message
+
+
+def test_form_defaults_are_valid(dataset, base_params):
+    props = _form(dataset, dict(base_params, method="clip"))
+    for name in (
+        "classes_source",
+        "classes",
+        "method",
+        "descriptions_path",
+        "model_name",
+        "pretrained",
+        "device",
+        "batch_size",
+        "label_field",
+        "gt_field",
+        "advanced",
+    ):
+        assert name in props, name
+    assert not any(p.invalid for p in props.values())
+    assert "random_weights" in props  # pretrained "none" is flagged
+    # ground_truth is offered for evaluation, the label field is not
+    assert "ground_truth" in props["gt_field"].type.values
+
+
+@pytest.mark.parametrize(
+    "update, name, message",
+    [
+        (
+            dict(label_field="bad name"),
+            "label_field",
+            "not a valid field name",
+        ),
+        (
+            dict(label_field="ground_truth"),
+            "label_field",
+            "not written by BiFTA",
+        ),
+        (dict(classes=[]), "classes", "at least one class"),
+        (dict(device="gpu0"), "device", "not a device"),
+        (
+            dict(advanced=True, iou_threshold=1.5),
+            "iou_threshold",
+            "iou_threshold",
+        ),
+        (
+            dict(advanced=True, num_candidates=0),
+            "num_candidates",
+            "num_candidates",
+        ),
+        (dict(advanced=True, run_key="not a key"), "run_key", "run key"),
+        (
+            dict(classes_source="file", classes_path="/no/such/file.txt"),
+            "classes_path",
+            "not found",
+        ),
+        (
+            dict(descriptions_path="/no/such/descriptions.json"),
+            "descriptions_path",
+            "not found",
+        ),
+    ],
+)
+def test_form_marks_bad_inputs_invalid(
+    dataset, base_params, update, name, message
+):
+    props = _form(dataset, dict(base_params, method="bifta", **update))
+    invalid, error = _invalid(props, name)
+    assert invalid, f"{name} should be invalid"
+    assert message in error
+
+
+def test_form_threshold_only_for_crop_methods(dataset, base_params):
+    props = _form(dataset, dict(base_params, method="clip", advanced=True))
+    assert "iou_threshold" not in props and "desc_sim_threshold" not in props
+    props = _form(dataset, dict(base_params, method="bifta", advanced=True))
+    assert "iou_threshold" in props and "desc_sim_threshold" in props
+
+
+def test_classes_field_source_lists_classification_fields(
+    dataset, base_params
+):
+    props = _form(dataset, dict(base_params, classes_source="field"))
+    assert props["classes_field"].type.values == ["ground_truth"]
+    props = _form(
+        dataset,
+        dict(
+            base_params, classes_source="field", classes_field="ground_truth"
+        ),
+    )
+    assert "3 classes" in props["classes_field_info"].view.label
+
+
+def test_invalid_params_are_rejected_before_running(dataset, base_params):
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match="Validation error"):
+        _execute(dataset, dict(base_params, method="clip", label_field="a.b"))
+    dataset.reload()
+    assert "a" not in dataset.get_field_schema()
+
+
+def test_existing_bifta_field_warns_and_offers_overwrite(dataset, base_params):
+    _execute(dataset, dict(base_params, method="clip"))
+    props = _form(dataset, dict(base_params, method="clip"))
+    assert "label_field_exists" in props
+    assert "overwrite" in props and "skip_existing" in props
+    assert not props["label_field"].invalid
+
+    # another configuration needs overwrite=True (the SDK refuses otherwise)
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match="overwrite"):
+        _execute(dataset, dict(base_params, method="ensemble"))
+    _execute(dataset, dict(base_params, method="ensemble", overwrite=True))
+    # resume: nothing left to do
+    from bifta_plugin.ui.operators import streamed_results
+
+    out = streamed_results(
+        _execute(
+            dataset, dict(base_params, method="ensemble", skip_existing=True)
+        )
+    )
+    assert out["num_skipped"] == 3 and out["num_processed"] == 0
+
+
+# ----------------------------------------------------------------------------
+# delegated execution, __call__, companions
+# ----------------------------------------------------------------------------
+def test_delegated_request_queues_then_completes(dataset, base_params):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    result = _execute(
+        dataset,
+        dict(
+            base_params,
+            method="clip",
+            label_field="later",
+            gt_field="ground_truth",
+        ),
+        request_delegation=True,
+    )
+    assert result.delegated is True
+    op_id = result.result["id"]
+    dataset.reload()
+    assert "later" not in dataset.get_field_schema()
+
+    dos = DelegatedOperationService()
+    try:
+        dos.execute_queued_operations(operator=URI, dataset_name=dataset.name)
+        doc = dos.get(op_id)
+        assert doc.run_state == "completed", doc.result
+        out = doc.result.result
+        assert out["num_processed"] == 3 and out["label_field"] == "later"
+        assert out["accuracy"] is not None
+    finally:
+        dos.delete_operation(op_id)
+    dataset.reload()
+    assert len(dataset.exists("later")) == 3
+
+
+def test_call_runs_from_python(dataset, tiny_model_name, descriptions_file):
+    import fiftyone.operators as foo
+
+    op = foo.get_operator(URI)
+    result = op(
+        dataset.limit(2),
+        classes=", ".join(CLASSES),
+        descriptions_path=descriptions_file,
+        method="descriptions",
+        label_field="called",
+        model_name=tiny_model_name,
+        pretrained=None,
+        device="cpu",
+        batch_size=2,
+    )
+    assert result.result["num_samples"] == 2
+    assert result.result["method"] == "descriptions"
+    dataset.reload()
+    assert len(dataset.exists("called")) == 2
+
+    with pytest.raises(ValueError, match="only one of"):
+        op(dataset, classes=CLASSES, classes_field="ground_truth")
+    with pytest.raises(TypeError, match="unknown parameter"):
+        op(dataset, classes=CLASSES, not_a_setting=3)
+
+
+def test_run_info_and_delete_operators(dataset, base_params):
+    import fiftyone.operators as foo
+
+    _execute(
+        dataset,
+        dict(
+            base_params,
+            method="bifta",
+            label_field="gone",
+            descriptions_path=None,
+        ),
+    )
+    props = _form(dataset, {}, uri=INFO_URI)
+    assert props["run_key"].type.values == ["gone"]
+
+    info = foo.execute_operator(
+        INFO_URI, ctx=dict(dataset=dataset.name, params={"run_key": "gone"})
+    ).result
+    assert info["run_key"] == "gone"
+    assert info["info"]["method"] == "ensemble"
+    assert info["info"]["model_name"] == base_params["model_name"]
+
+    props = _form(dataset, {"run_key": "gone"}, uri=DELETE_URI)
+    assert "gone_scores" in props["delete_warning"].view.label
+    out = foo.execute_operator(
+        DELETE_URI, ctx=dict(dataset=dataset.name, params={"run_key": "gone"})
+    ).result
+    assert "gone" in out["deleted_fields"]
+    dataset.reload()
+    assert "gone" not in dataset.get_field_schema()
+    assert not dataset.has_run("gone")
+
+    props = _form(dataset, {}, uri=INFO_URI)
+    assert props["run_key"].invalid
+
+
+def test_build_run_request_maps_params_to_sdk_names():
+    from bifta_plugin.ui.operators import build_run_request
+
+    request = build_run_request(
+        dict(
+            classes_source="list",
+            classes=["a", "b"],
+            method="bifta",
+            descriptions_path={"absolute_path": "/x/d.json"},
+            pretrained="none",
+            num_candidates=8,
+            iou_threshold=0.5,
+            label_field="p",
+            eval_key="",
+            advanced=True,
+            view_target="DATASET",
+        )
+    )
+    assert request.fallback is None
+    assert request.kwargs == dict(
+        classes=["a", "b"],
+        method="bifta",
+        descriptions="/x/d.json",
+        pretrained=None,
+        num_candidates=8,
+        iou_threshold=0.5,
+        label_field="p",
+    )

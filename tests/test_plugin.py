@@ -1,0 +1,89 @@
+"""The plugin loads through FiftyOne's real plugin registry, cheaply."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.fiftyone
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN = "@bifta/bifta"
+OPERATORS = ("run_bifta", "get_bifta_run_info", "delete_bifta_run")
+
+
+def test_manifest_lists_what_register_registers():
+    import yaml
+
+    with open(os.path.join(REPO_ROOT, "fiftyone.yml")) as f:
+        manifest = yaml.safe_load(f)
+    assert manifest["name"] == PLUGIN
+    assert set(OPERATORS) <= set(manifest["operators"])
+    assert manifest["fiftyone"]["version"] == ">=1.22,<2"
+    assert {
+        "BIFTA_LLM_API_KEY",
+        "BIFTA_LLM_BASE_URL",
+        "BIFTA_LLM_MODEL",
+    } <= set(manifest["secrets"])
+    assert os.path.isfile(os.path.join(REPO_ROOT, "assets", "icon.svg"))
+
+
+def test_registry_loads_plugin_without_errors():
+    import fiftyone.operators as foo
+    import fiftyone.plugins as fop
+
+    names = [p.name for p in fop.list_plugins()]
+    assert PLUGIN in names
+    registry = foo.OperatorRegistry()
+    assert registry.list_errors() == []
+    uris = {op.uri for op in registry.list_operators(builtin=False)}
+    for name in OPERATORS:
+        assert f"{PLUGIN}/{name}" in uris
+    op = foo.get_operator(f"{PLUGIN}/run_bifta")
+    cfg = op.config
+    assert cfg.dynamic and cfg.execute_as_generator
+    assert cfg.allow_immediate_execution and cfg.allow_delegated_execution
+    assert cfg.default_choice_to_delegated
+
+
+def test_panels_in_manifest_are_registered():
+    import yaml
+    import fiftyone.operators as foo
+
+    with open(os.path.join(REPO_ROOT, "fiftyone.yml")) as f:
+        panels = yaml.safe_load(f).get("panels") or []
+    registry = foo.OperatorRegistry()
+    uris = {op.uri for op in registry.list_operators(builtin=False)}
+    for name in panels:
+        assert f"{PLUGIN}/{name}" in uris
+
+
+_NO_TORCH_SCRIPT = r"""
+import json, sys
+import fiftyone.operators as foo
+registry = foo.OperatorRegistry()
+uris = sorted(op.uri for op in registry.list_operators(builtin=False))
+op = foo.get_operator("@bifta/bifta/run_bifta")
+heavy = sorted(m for m in ("torch", "open_clip", "torchvision") if m in sys.modules)
+print(json.dumps({"uris": uris, "errors": registry.list_errors(), "heavy": heavy}))
+"""
+
+
+def test_registration_imports_no_torch():
+    # a fresh interpreter with the test session's environment (plugins dir)
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    assert f"{PLUGIN}/run_bifta" in report["uris"]
+    assert (
+        report["heavy"] == []
+    ), f"plugin registration imported {report['heavy']}"
