@@ -2,6 +2,40 @@
 
 The core (config, boxes, scoring, text, views, pipeline, encoders) imports
 torch but never FiftyOne; the FiftyOne layer is imported lazily.
+``import bifta_plugin`` imports neither: the names below resolve on first
+use (PEP 562), e.g. ``bifta_plugin.run_bifta`` imports :mod:`.api`.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_LAZY = {
+    "run_bifta": "api",
+    "RunResult": "api",
+    "SampleFailedError": "api",
+    "resolve_descriptions": "api",
+    "BiftaModel": "model",
+    "list_bifta_runs": "runs",
+    "get_bifta_run_info": "runs",
+    "load_bifta_config": "runs",
+    "latest_bifta_run": "runs",
+    "delete_bifta_run": "runs",
+    "safe_field_names": "labels",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

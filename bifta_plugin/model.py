@@ -1,0 +1,207 @@
+"""A FiftyOne :class:`~fiftyone.core.models.Model` for ``apply_model``.
+
+:class:`BiftaModel` wraps one :class:`~bifta_plugin.pipeline.BiftaClassifier`
+and converts its predictions with :mod:`bifta_plugin.labels`; it holds no
+math. Crop boxes are keyed by each sample's ``filepath`` (the model is a
+``SamplesMixin``), exactly as in :func:`bifta_plugin.api.run_bifta`, so both
+paths draw the same crops for the same image.
+
+Field names. For a crop method ("wca", "bifta") :meth:`BiftaModel.predict`
+returns a dict ``{"label": Classification, "crops": Detections}``. FiftyOne
+stores a dict under ``label_field + "_" + key`` when ``label_field`` is a
+string, or under ``label_field[key]`` when it is a dict. So pass the mapping
+that :meth:`BiftaModel.label_fields` builds to get the fields of the
+contract (``L`` and ``L_crops``)::
+
+    model = BiftaModel(classes, descriptions, method="bifta")
+    dataset.apply_model(model, label_field=model.label_fields("bifta"))
+    # -> "bifta" (Classification) and "bifta_crops" (Detections)
+
+(``label_field="bifta"`` would give ``bifta_label`` and ``bifta_crops``.)
+For the global methods ("clip", "ensemble", "descriptions"), or with
+``crops=False``, ``predict`` returns a single Classification and
+``label_fields("bifta")`` is simply ``"bifta"``.
+
+The model writes no per-class fields, errors or runs: use
+:func:`~bifta_plugin.api.run_bifta` for the full contract, provenance,
+resuming and evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+import fiftyone.core.models as fom
+
+from . import labels as bl
+from .api import resolve_descriptions
+from .config import get_config
+from .pipeline import BiftaClassifier, RuntimeOptions
+from .text import validate_classes
+
+
+class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
+    """BiFTA/WCA zero-shot classification as a FiftyOne model.
+
+    Args:
+        classes: class names.
+        descriptions: for the description methods: a file path, a
+            ``{class: [sentences]}`` mapping, a list of templates or a
+            :class:`~bifta_plugin.descriptions.DescriptionSet`.
+        method: "clip", "ensemble", "descriptions", "wca" or "bifta".
+        encoder: a :class:`~bifta_plugin.encoders.ClipEncoder` to reuse; else
+            one is built from ``model_name``, ``pretrained``, ``device``,
+            ``precision`` and ``cache_dir``.
+        descriptions_format: see
+            :func:`bifta_plugin.descriptions.load_descriptions`.
+        crops: return the crops too (default: for the crop methods).
+        batch_size, num_workers, crop_mode: see
+            :class:`~bifta_plugin.pipeline.RuntimeOptions` (images arrive
+            decoded, so ``num_workers`` only matters for ``crop_mode``
+            preparation and defaults to 0).
+        **config_overrides: :func:`bifta_plugin.config.get_config`
+            overrides.
+
+    ``store_logits`` (set by ``apply_model(..., store_logits=True)``) keeps
+    the logits on the Classification.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        descriptions=None,
+        *,
+        method: str = "bifta",
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = "openai",
+        device: str = "auto",
+        precision: str = "auto",
+        encoder=None,
+        cache_dir=None,
+        descriptions_format: str = "auto",
+        crops: bool | None = None,
+        batch_size: int = 16,
+        num_workers: int | None = 0,
+        crop_mode: str = "auto",
+        **config_overrides,
+    ):
+        fom.LogitsMixin.__init__(self)
+        fom.SamplesMixin.__init__(self)
+        config = get_config(method, **config_overrides)
+        runtime = RuntimeOptions(
+            batch_size=batch_size, num_workers=num_workers, crop_mode=crop_mode
+        )
+        classes = validate_classes(classes)
+        descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
+        if encoder is None:
+            from .encoders import create_encoder
+
+            encoder = create_encoder(
+                model_name, pretrained, device=device, precision=precision, cache_dir=cache_dir
+            )
+        self.classifier = BiftaClassifier(
+            encoder,
+            classes,
+            descs.descriptions if descs is not None else None,
+            config=config,
+            runtime=runtime,
+        )
+        self.descriptions = descs
+        self.crops = config.uses_crops if crops is None else bool(crops)
+        self._preprocess = True
+
+    # ------------------------------------------------------------------
+    # FiftyOne model interface
+    @property
+    def media_type(self) -> str:
+        return "image"
+
+    @property
+    def ragged_batches(self) -> bool:
+        # predict_all takes a list of differently sized images
+        return False
+
+    @property
+    def transforms(self):
+        return None
+
+    @property
+    def preprocess(self) -> bool:
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, value: bool):
+        self._preprocess = value
+
+    @property
+    def has_logits(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.classifier.classes)
+
+    @property
+    def config(self):
+        """The method's :class:`~bifta_plugin.config.BiftaConfig`."""
+        return self.classifier.config
+
+    def label_fields(self, label_field: str = "bifta"):
+        """The ``apply_model`` ``label_field`` that writes the contract's names.
+
+        Returns:
+            ``{"label": L, "crops": L_crops}`` when :meth:`predict` returns a
+            dict, else ``L``.
+        """
+        if not self.crops:
+            return label_field
+        names = bl.field_names(label_field)
+        return {"label": names["label"], "crops": names["crops"]}
+
+    def predict(self, arg, sample=None):
+        """Classify one HWC uint8 image (see :meth:`predict_all`)."""
+        return self.predict_all([arg], samples=None if sample is None else [sample])[0]
+
+    def predict_all(self, args, samples=None) -> list:
+        """Classify a batch of images.
+
+        Args:
+            args: a list of HWC uint8 arrays (any sizes) or an NHWC array.
+            samples: the matching samples; their ``filepath`` keys the crop
+                boxes. Without them, a hash of the pixels does.
+
+        Returns:
+            One Classification per image, or one ``{"label", "crops"}`` dict
+            per image (see the module docstring).
+
+        Raises:
+            RuntimeError: an image could not be used (``apply_model``'s
+                ``skip_failures`` decides what happens next).
+        """
+        images = [np.asarray(a) for a in args]
+        if samples is not None:
+            keys = [s.filepath for s in samples]
+        else:
+            keys = [_pixel_key(a) for a in images]
+        outputs = []
+        for pred in self.classifier.predict(images, keys):
+            if not pred.ok:
+                raise RuntimeError(f"image {pred.key}: {pred.error}")
+            label = bl.to_classification(
+                pred, self.classifier.classes, store_logits=self.store_logits
+            )
+            if self.crops:
+                outputs.append({"label": label, "crops": bl.to_detections(pred)})
+            else:
+                outputs.append(label)
+        return outputs
+
+
+def _pixel_key(image: np.ndarray) -> str:
+    """A stable key for an in-memory image: its shape and pixel hash."""
+    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+    return f"sha1:{'x'.join(map(str, image.shape))}:{digest}"
