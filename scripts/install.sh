@@ -50,6 +50,7 @@ else
         || die "$("$PYTHON" -V 2>&1) is too old: FiftyOne 1.22 needs Python >= 3.10"
     log "creating venv $VENV with $("$PYTHON" -V 2>&1)"
     "$PYTHON" -m venv "$VENV" || die "python -m venv failed (on Debian: apt-get install python3-venv)"
+    FRESH_VENV=1
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check)
@@ -59,10 +60,22 @@ PIP=("$VPY" -m pip --disable-pip-version-check)
 # Fast path: skip pip (~15 s even when all is satisfied) when the requirement
 # files are unchanged since the last successful install into this venv and the
 # top-level modules are still importable. BIFTA_FORCE_PIP=1 always runs pip.
-STAMP="$VENV/.bifta-install-stamp"
+# One stamp per requirements file; a current dev stamp also covers --runtime-only
+# (requirements-dev.txt includes requirements.txt, and both are hashed).
+stamp_file() { echo "$VENV/.bifta-install-stamp-$(basename "$1" .txt)"; }
 stamp_value() {
-    { echo "$REQ_FILE"; cat "$REPO_ROOT/requirements.txt" "$REQ_FILE"; } | sha256sum | cut -d' ' -f1
+    cat "$REPO_ROOT/requirements.txt" "$1" | sha256sum | cut -d' ' -f1
 }
+stamp_current() {
+    local f
+    for f in "$@"; do
+        [[ -f "$(stamp_file "$f")" && "$(cat "$(stamp_file "$f")")" == "$(stamp_value "$f")" ]] && return 0
+    done
+    return 1
+}
+STAMP="$(stamp_file "$REQ_FILE")"
+STAMPS_OK=("$REQ_FILE")
+[[ "$REQ_FILE" == "$REPO_ROOT/requirements.txt" ]] && STAMPS_OK+=("$REPO_ROOT/requirements-dev.txt")
 modules_present() {
     local mods="fiftyone torch torchvision open_clip PIL numpy yaml"
     [[ "$REQ_FILE" == *requirements-dev.txt ]] && mods="$mods pytest skimage playwright"
@@ -72,11 +85,12 @@ missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
 sys.exit(1 if missing else 0)
 PY
 }
-if [[ "${BIFTA_FORCE_PIP:-0}" != "1" && -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" ]] \
-    && modules_present; then
+if [[ "${BIFTA_FORCE_PIP:-0}" != "1" ]] && stamp_current "${STAMPS_OK[@]}" && modules_present; then
     log "packages: $(basename "$REQ_FILE") unchanged since last install, skipping pip (BIFTA_FORCE_PIP=1 to force)"
 else
-    log "pip install -r $(basename "$REQ_FILE") (a fresh venv takes ~3 min: torch is several GB)"
+    hint=""
+    [[ "${FRESH_VENV:-0}" == "1" ]] && hint=" (a fresh venv takes 3-8 min: torch is several GB)"
+    log "pip install -r $(basename "$REQ_FILE")$hint"
     start=$SECONDS
     rm -f "$STAMP"
     if ! "${PIP[@]}" install -r "$REQ_FILE"; then
@@ -137,5 +151,5 @@ else
     fi
 fi
 
-if [[ "${WRITE_STAMP:-0}" == "1" ]]; then stamp_value > "$STAMP"; fi
+if [[ "${WRITE_STAMP:-0}" == "1" ]]; then stamp_value "$REQ_FILE" > "$STAMP"; fi
 log "done: $VPY"
