@@ -345,6 +345,8 @@ def test_delegated_request_queues_then_completes(dataset, base_params):
         out = doc.result.result
         assert out["num_processed"] == 3 and out["label_field"] == "later"
         assert out["accuracy"] is not None
+        assert doc.status.progress == 1.0  # ctx.set_progress from the run
+        assert doc.status.label == "3/3 samples"
     finally:
         dos.delete_operation(op_id)
     dataset.reload()
@@ -441,3 +443,38 @@ def test_build_run_request_maps_params_to_sdk_names():
         iou_threshold=0.5,
         label_field="p",
     )
+
+
+def test_outputs_render(dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    results = {
+        URI: dict(
+            method="bifta",
+            label_field="p",
+            num_samples=3,
+            num_processed=2,
+            num_failed=1,
+            accuracy=0.5,
+            eval_key="eval_p",
+            fallback="No descriptions file",
+        ),
+        INFO_URI: dict(run_key="p", info={"method": "bifta"}),
+        DELETE_URI: dict(run_key="p", deleted_fields=["p", "p_error"]),
+    }
+    for uri, result in results.items():
+        ctx = ExecutionContext(
+            request_params={
+                "dataset_name": dataset.name,
+                "params": {},
+                "results": result,
+            },
+            executor=Executor(),
+            operator_uri=uri,
+        )
+        prop = foo.get_operator(uri).resolve_output(ctx)
+        text = json.dumps(prop.to_json())
+        if uri == URI:
+            assert "Accuracy: 50.0%" in text and "p_error" in text
+            assert "No descriptions file" in text

@@ -903,10 +903,6 @@ def _execute_streaming(ctx, request: RunRequest):
 def _summary_outputs(results: dict) -> types.Property:
     outputs = types.Object()
     outputs.md(summary_markdown(results), name="summary_md")
-    outputs.str("label_field", label="Label field")
-    outputs.str("method", label="Method")
-    if results.get("accuracy") is not None:
-        outputs.float("accuracy", label="Accuracy")
     return types.Property(outputs, view=types.View(label="BiFTA run"))
 
 
