@@ -11,9 +11,12 @@ from .bifta_plugin.ui.operators import (
     GetBiftaRunInfo,
     RunBifta,
 )
+from .bifta_plugin.ui.panels import ExplanationPanel, MispredictionsPanel
 
 
 def register(p):
     p.register(RunBifta)
     p.register(GetBiftaRunInfo)
     p.register(DeleteBiftaRun)
+    p.register(MispredictionsPanel)
+    p.register(ExplanationPanel)

@@ -1,0 +1,378 @@
+"""The panels in the real FiftyOne App, driven by headless Debian chromium.
+
+A persistent dataset with predictions, ground truth, crops, a BiFTA run and a
+FiftyOne evaluation is served by ``python -m fiftyone.server.main`` (started
+here with the tests' environment: same database, same plugins dir); python
+``playwright`` drives ``/usr/bin/chromium`` (never ``playwright install``).
+
+Skipped (see tests/conftest.py) when chromium is missing or
+``BIFTA_BROWSER_TESTS=0``, and here when python playwright is missing.
+Screenshots go to ``artifacts/screenshots/`` (gitignored); with
+``BIFTA_UPDATE_SCREENSHOTS=1`` the panel screenshot is also copied to
+``docs/images/mispredictions_panel.png`` (the README's).
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+import fiftyone as fo
+
+from bifta_plugin import analysis as ba
+from bifta_plugin import runs
+from test_analysis import CLASSES, _prediction
+
+pytestmark = [pytest.mark.browser, pytest.mark.fiftyone, pytest.mark.slow]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCREENSHOTS = os.path.join(REPO_ROOT, "artifacts", "screenshots")
+DOCS_SCREENSHOT = os.path.join(
+    REPO_ROOT, "docs", "images", "mispredictions_panel.png"
+)
+CHROMIUM = os.environ.get("BIFTA_CHROMIUM", "/usr/bin/chromium")
+# environment.md's flags, less --headless (playwright adds it) and
+# --user-data-dir (playwright refuses it and uses a fresh temp profile)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1700, "height": 1050}
+SERVER_TIMEOUT = 90  # s, server up
+LOAD_TIMEOUT = 60_000  # ms, App / panel
+#: (gt, pred, count): 20 samples, accuracy 14/20
+COUNTS = [
+    ("cat", "cat", 4), ("cat", "dog", 3), ("dog", "dog", 5), ("dog", "cat", 1),
+    ("fox", "fox", 3), ("fox", "dog", 2), ("owl", "owl", 2),
+]  # fmt: skip
+NUM_SAMPLES = sum(n for _, _, n in COUNTS)
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="browser test skipped: python playwright is not installed "
+    "(pip install playwright; requirements-dev.txt)",
+)
+
+
+def _timed(timings, name, start):
+    timings[name] = round(time.monotonic() - start, 1)
+
+
+# --- dataset and server ----------------------------------------------------
+def _write_images(out_dir, count):
+    from PIL import Image
+    from skimage import data as skdata
+
+    photos = [
+        skdata.chelsea(),
+        skdata.astronaut(),
+        skdata.coffee(),
+        skdata.rocket(),
+    ]
+    paths = []
+    for i in range(count):
+        path = os.path.join(out_dir, f"img{i:02d}.jpg")
+        Image.fromarray(photos[i % len(photos)]).resize((192, 144)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _crops(label):
+    return fo.Detections(
+        detections=[
+            fo.Detection(
+                label="best",
+                bounding_box=[0.2, 0.15, 0.5, 0.55],
+                confidence=0.41,
+                best=True,
+                description=f"a {label} with pointed ears",
+            ),
+            fo.Detection(
+                label="crop",
+                bounding_box=[0.05, 0.05, 0.6, 0.6],
+                confidence=0.33,
+                best=False,
+            ),
+            fo.Detection(
+                label="crop",
+                bounding_box=[0.4, 0.4, 0.55, 0.55],
+                confidence=0.26,
+                best=False,
+            ),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def app_dataset(tmp_path_factory):
+    fo.config.show_progress_bars = False
+    name = "bifta-browser-" + uuid.uuid4().hex[:8]
+    ds = fo.Dataset(name, persistent=True)
+    pairs = [(gt, pred) for gt, pred, n in COUNTS for _ in range(n)]
+    paths = _write_images(tmp_path_factory.mktemp("app_images"), len(pairs))
+    samples = []
+    for i, (path, (gt, pred)) in enumerate(zip(paths, pairs)):
+        confidence = 0.5 + 0.02 * i
+        samples.append(
+            fo.Sample(
+                filepath=path,
+                ground_truth=fo.Classification(label=gt),
+                bifta=_prediction(pred, confidence, 2 * confidence - 1),
+                bifta_crops=_crops(pred),
+            )
+        )
+    ds.add_samples(samples)
+    ds.evaluate_classifications(
+        "bifta", gt_field="ground_truth", eval_key="eval"
+    )
+    runs.register_bifta_run(
+        ds,
+        "bifta",
+        {
+            "method": "bifta",
+            "label_field": "bifta",
+            "fields": {"label": "bifta", "crops": "bifta_crops"},
+            "classes": CLASSES,
+            "gt_field": "ground_truth",
+            "eval_key": "eval",
+            "timestamp": "2025-01-01T00:00:00",
+        },
+    )
+    yield ds
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url, proc, log_path, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    with open(log_path) as f:
+        tail = f.read()[-3000:]
+    pytest.fail(
+        f"FiftyOne App server not up at {url} (exit code "
+        f"{proc.poll()}); log:\n{tail}"
+    )
+
+
+@pytest.fixture(scope="module")
+def app_server(app_dataset, tmp_path_factory):
+    """``(base_url, timings)`` of an App server; always stopped at teardown."""
+    log_dir = tmp_path_factory.mktemp("app_server")
+    log_path = os.path.join(log_dir, "server.log")
+    port = _free_port()
+    timings = {}
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        # same env as the tests: FIFTYONE_DATABASE_URI (the session's mongod),
+        # FIFTYONE_PLUGINS_DIR (bifta -> repo root), isolated config paths
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fiftyone.server.main",
+                "--port",
+                str(port),
+                "--address",
+                "127.0.0.1",
+            ],
+            env=dict(os.environ),
+            cwd=str(log_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_http(base_url + "/", proc, log_path, SERVER_TIMEOUT)
+        _timed(timings, "server_start_s", start)
+        yield base_url, timings
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        sys.stderr.write(f"\nbifta browser timings: {timings}\n")
+
+
+@pytest.fixture
+def page():
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser.new_page(viewport=VIEWPORT)
+        finally:
+            browser.close()
+
+
+# --- App helpers -----------------------------------------------------------
+def shot(page, name):
+    path = os.path.join(SCREENSHOTS, name)
+    page.screenshot(path=path)
+    return path
+
+
+def grid_count(page, count, timeout=LOAD_TIMEOUT):
+    """Waits for the grid's sample count text, e.g. "3 samples"."""
+    page.get_by_text(f"{count} samples", exact=True).first.wait_for(
+        timeout=timeout
+    )
+
+
+def open_dataset(page, base_url, dataset):
+    """Opens the dataset page. On a cold server the App can give up waiting
+    for its first state and land on "No dataset selected": load again."""
+    for attempt in range(3):
+        page.goto(f"{base_url}/datasets/{dataset.name}")
+        try:
+            page.get_by_text(f"{NUM_SAMPLES} samples", exact=True).or_(
+                page.get_by_text("No dataset selected")
+            ).first.wait_for(timeout=LOAD_TIMEOUT)
+        except sync_api.TimeoutError:
+            continue
+        if page.get_by_text(f"{NUM_SAMPLES} samples", exact=True).count():
+            return attempt
+    shot(page, "failed_open_dataset.png")
+    pytest.fail("the App did not show the dataset's grid")
+
+
+def dismiss_popups(page):
+    """The "Explore Enterprise" pop-up, when it shows."""
+    button = page.get_by_role("button", name="Dismiss")
+    try:
+        button.first.wait_for(timeout=5000)
+        button.first.click()
+    except sync_api.TimeoutError:
+        pass
+
+
+def open_mispredictions_panel(page):
+    page.locator('[title="New panel"]').first.click()
+    page.get_by_text("BiFTA mispredictions", exact=True).click()
+    page.get_by_text("Confusion matrix (click a cell").first.wait_for(
+        timeout=LOAD_TIMEOUT
+    )
+    page.wait_for_timeout(1500)  # plotly layout settles
+
+
+def click_cell(page, classes, gt, pred):
+    """Clicks the heatmap cell (row ``gt``, column ``pred``): the matrix is
+    the panel's first plot, rows top to bottom (y axis reversed)."""
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    n = len(classes)
+    x = box["x"] + (classes.index(pred) + 0.5) * box["width"] / n
+    y = box["y"] + (classes.index(gt) + 0.5) * box["height"] / n
+    page.mouse.click(x, y)
+
+
+# --- tests -----------------------------------------------------------------
+def test_mispredictions_panel_in_the_app(app_server, app_dataset, page):
+    base_url, timings = app_server
+    ds = app_dataset
+    classes = ba.build_confusion_matrix(ds, "bifta", "ground_truth").classes
+
+    start = time.monotonic()
+    retries = open_dataset(page, base_url, ds)
+    _timed(timings, "dataset_page_s", start)
+    timings["dataset_page_retries"] = retries
+    dismiss_popups(page)
+
+    start = time.monotonic()
+    open_mispredictions_panel(page)
+    _timed(timings, "panel_open_s", start)
+    page.get_by_text("Accuracy").first.wait_for()
+    assert page.get_by_text("70.0% (14 / 20)").count() == 1
+    shot(page, "01_mispredictions_panel.png")
+
+    # a cell: exactly its samples in the grid
+    start = time.monotonic()
+    click_cell(page, classes, "cat", "dog")
+    grid_count(page, 3)
+    _timed(timings, "cell_click_s", start)
+    page.get_by_text("Showing: ground truth").first.wait_for()
+    page.wait_for_timeout(1500)  # thumbnails
+    panel_png = shot(page, "02_cell_cat_dog.png")
+
+    # the panel kept the whole matrix: another cell still works
+    click_cell(page, classes, "fox", "dog")
+    grid_count(page, 2)
+    shot(page, "03_cell_fox_dog.png")
+
+    # tag the current view (the fox -> dog cell)
+    tag_button = page.get_by_text("Tag current view", exact=True).first
+    tag_button.scroll_into_view_if_needed()
+    tag_button.click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ds.count_sample_tags().get("needs_review") == 2:
+            break
+        time.sleep(0.5)
+    tagged = ds.match_tags("needs_review")
+    expected = ba.cell_view(ds, "bifta", "ground_truth", "fox", "dog")
+    assert sorted(tagged.values("id")) == sorted(expected.values("id"))
+
+    # reset: the whole dataset again
+    reset = page.get_by_text("Reset view", exact=True).first
+    reset.scroll_into_view_if_needed()
+    reset.click()
+    grid_count(page, NUM_SAMPLES)
+    shot(page, "04_reset.png")
+
+    if os.environ.get("BIFTA_UPDATE_SCREENSHOTS") == "1":
+        os.makedirs(os.path.dirname(DOCS_SCREENSHOT), exist_ok=True)
+        shutil.copyfile(panel_png, DOCS_SCREENSHOT)
+
+
+def test_explanation_panel_in_the_modal(app_server, app_dataset, page):
+    base_url, timings = app_server
+    start = time.monotonic()
+    open_dataset(page, base_url, app_dataset)
+    dismiss_popups(page)
+
+    # a grid tile opens the sample modal, where the panel is a tab
+    page.locator('[data-cy="looker"]').first.click()
+    tab = page.get_by_text("BiFTA explanation").first
+    tab.wait_for(timeout=LOAD_TIMEOUT)
+    tab.click()
+    page.get_by_text("Runner-up").first.wait_for(timeout=LOAD_TIMEOUT)
+    _timed(timings, "explanation_s", start)
+    page.wait_for_timeout(1000)
+    shot(page, "05_explanation_panel.png")
+    body = page.locator("body").inner_text()
+    predicted = re.search(r"Predicted\s+(\w+)\s+\(\d", body)
+    assert predicted and predicted.group(1) in CLASSES
+    # the best crop's description of that very prediction
+    assert f"a {predicted.group(1)} with pointed ears" in body
+    assert "Runner-up" in body and "Top crops" in body
