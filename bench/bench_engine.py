@@ -1,0 +1,285 @@
+"""Engine benchmark: throughput, end-to-end vs encoder-only time, text cache, memory.
+
+For each method it measures, on the same images and the same machine:
+
+- images/s and views/s of the whole pipeline (decode, crop, encode, score);
+- the pure encoder time on the same number of views, fed in the same chunk
+  sizes from tensors already on the device; ``e2e / encoder`` is the
+  pipeline's overhead factor (1.0 is the limit);
+- text encoding time cold (empty cache) vs cached (a second build of the
+  same classes), with the number of texts actually encoded;
+- peak resident memory (and peak GPU memory on CUDA);
+- optionally (``--compare-crop-modes``) how often ``exact`` and ``fast`` crop
+  modes predict the same label.
+
+Runs anywhere: random weights (``--pretrained none``) are fine for speed.
+Writes JSON (``--out``) and prints a table.
+
+Example::
+
+    python bench/bench_engine.py --model ViT-B-32 --pretrained none \
+        --method bifta wca --images 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bifta_plugin.config import get_config, list_methods  # noqa: E402
+from bifta_plugin.encoders import create_encoder  # noqa: E402
+from bifta_plugin.pipeline import BiftaClassifier, RuntimeOptions  # noqa: E402
+
+SKIMAGE_PHOTOS = {
+    "chelsea": "cat",
+    "astronaut": "astronaut",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "horse": "horse",
+    "camera": "camera",
+    "coins": "coins",
+    "immunohistochemistry": "tissue",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--pretrained", default="none", help='"none" for random weights')
+    p.add_argument("--model-config", help="extra open_clip model config JSON to register")
+    p.add_argument("--method", nargs="+", default=["bifta"], help=f"any of {list_methods()} or 'all'")
+    p.add_argument("--images", type=int, default=8, help="number of images")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--view-batch-size", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--crop-mode", default="auto")
+    p.add_argument("--descriptions", help="CuPL-style JSON {class: [sentences]}; default: synthetic")
+    p.add_argument("--num-classes", type=int, default=20, help="classes when synthetic")
+    p.add_argument("--compare-crop-modes", action="store_true")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes per method (best is kept)")
+    p.add_argument("--out", default="bench_results.json")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    return p.parse_args(argv)
+
+
+def write_images(count: int, directory: Path) -> list[str]:
+    """Real photos from scikit-image, repeated under distinct names (distinct crop keys)."""
+    from PIL import Image
+    from skimage import data
+
+    arrays = []
+    for name in SKIMAGE_PHOTOS:
+        arr = getattr(data, name)()
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        arrays.append(Image.fromarray(arr).convert("RGB"))
+    paths = []
+    for i in range(count):
+        path = directory / f"img_{i:04d}.jpg"
+        arrays[i % len(arrays)].save(path, quality=92)
+        paths.append(str(path))
+    return paths
+
+
+def load_classes(args):
+    if args.descriptions:
+        table = json.loads(Path(args.descriptions).read_text())
+        return list(table), table
+    classes = [f"class {i}" for i in range(args.num_classes)]
+    # ~30 sentences per class, like CuPL files
+    table = {c: [f"A photo of {c} showing detail number {j} of its appearance." for j in range(30)] for c in classes}
+    return classes, table
+
+
+def overrides(args) -> dict:
+    out = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_encoder_only(clf: BiftaClassifier, num_views: int, repeats: int) -> float:
+    """Seconds to encode ``num_views`` views already on the device, same chunking."""
+    size = clf.plan.size
+    step = clf.view_batch_size()
+    chunk = torch.randn(min(step, num_views), 3, size, size, device=clf.device)
+    clf.encoder.encode_images(chunk[:2])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        sync(clf.device)
+        start = time.perf_counter()
+        done = 0
+        while done < num_views:
+            n = min(step, num_views - done)
+            clf.encoder.encode_images(chunk[:n])
+            done += n
+        sync(clf.device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_method(method, encoder, classes, table, paths, args):
+    runtime = RuntimeOptions(
+        batch_size=args.batch_size,
+        view_batch_size=args.view_batch_size,
+        num_workers=args.num_workers,
+        crop_mode=args.crop_mode,
+    )
+    cfg = get_config(method, **overrides(args))
+    encoder.clear_text_cache()  # cold: nothing cached in memory (nor on disk: fresh dir)
+    before = encoder.num_texts_encoded
+    start = time.perf_counter()
+    clf = BiftaClassifier(encoder, classes, table, cfg, runtime)
+    text_cold = time.perf_counter() - start
+    texts_cold = encoder.num_texts_encoded - before
+    start = time.perf_counter()
+    BiftaClassifier(encoder, classes, table, cfg, runtime)
+    text_cached = time.perf_counter() - start
+    texts_cached = encoder.num_texts_encoded - before - texts_cold
+
+    clf.predict(paths[: min(2, len(paths))])  # warm-up (workers, kernels)
+    if clf.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(clf.device)
+    best, preds = float("inf"), None
+    for _ in range(args.repeats):
+        sync(clf.device)
+        start = time.perf_counter()
+        preds = clf.predict(paths)
+        sync(clf.device)
+        best = min(best, time.perf_counter() - start)
+    num_views = sum(1 + len(p.boxes) for p in preds if p.ok)
+    encoder_s = time_encoder_only(clf, num_views, args.repeats)
+    result = dict(
+        method=method,
+        crop_mode=clf.crop_mode,
+        images=len(paths),
+        views=num_views,
+        views_per_image=num_views / len(paths),
+        e2e_s=best,
+        encoder_s=encoder_s,
+        ratio=best / encoder_s,
+        images_per_s=len(paths) / best,
+        views_per_s=num_views / best,
+        text_cold_s=text_cold,
+        texts_encoded_cold=texts_cold,
+        text_cached_s=text_cached,
+        texts_encoded_cached=texts_cached,
+        peak_rss_mb=peak_rss_mb(),
+        peak_gpu_mb=(torch.cuda.max_memory_allocated(clf.device) / 2**20 if clf.device.type == "cuda" else None),
+    )
+    if args.compare_crop_modes and cfg.uses_crops:
+        result.update(compare_modes(encoder, classes, table, cfg, runtime, paths))
+    return result
+
+
+def compare_modes(encoder, classes, table, cfg, runtime, paths):
+    labels = {}
+    for mode in ("exact", "fast"):
+        rt = RuntimeOptions(**{**runtime.__dict__, "crop_mode": mode})
+        clf = BiftaClassifier(encoder, classes, table, cfg, rt)
+        labels[mode] = [p.label for p in clf.predict(paths)]
+    agree = np.mean([a == b for a, b in zip(labels["exact"], labels["fast"])])
+    return dict(exact_fast_agreement=float(agree), agreement_images=len(paths))
+
+
+def machine_info(encoder) -> dict:
+    info = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        platform=platform.platform(),
+        cpu=_cpu_name(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        device=str(encoder.device),
+        precision=encoder.precision,
+        model=encoder.model_name,
+        pretrained=encoder.pretrained,
+    )
+    if encoder.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(encoder.device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def print_table(results, info):
+    print(f"\nmachine: {info['cpu']} x{info['cpu_count']} | device {info['device']}"
+          f"{' (' + info['gpu'] + ')' if 'gpu' in info else ''} | {info['precision']} | torch {info['torch']}")
+    print(f"model: {info['model']} pretrained={info['pretrained']}\n")
+    head = ("method", "mode", "imgs", "views/img", "img/s", "views/s", "e2e s", "enc s",
+            "e2e/enc", "text cold s", "text cached s", "RSS MB", "GPU MB", "exact=fast")
+    rows = []
+    for r in results:
+        rows.append((
+            r["method"], r["crop_mode"], str(r["images"]), f"{r['views_per_image']:.1f}",
+            f"{r['images_per_s']:.2f}", f"{r['views_per_s']:.1f}", f"{r['e2e_s']:.2f}",
+            f"{r['encoder_s']:.2f}", f"{r['ratio']:.3f}",
+            f"{r['text_cold_s']:.2f} ({r['texts_encoded_cold']})",
+            f"{r['text_cached_s']:.3f} ({r['texts_encoded_cached']})",
+            f"{r['peak_rss_mb']:.0f}", "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}",
+            "-" if "exact_fast_agreement" not in r else f"{r['exact_fast_agreement']:.0%}",
+        ))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.model_config:
+        import open_clip
+
+        open_clip.add_model_config(args.model_config)
+    methods = list_methods() if args.method == ["all"] else args.method
+    pretrained = None if args.pretrained.lower() in ("none", "random", "") else args.pretrained
+    encoder = create_encoder(args.model, pretrained, device=args.device, precision=args.precision,
+                             cache_dir=tempfile.mkdtemp(prefix="bifta-bench-cache-"))
+    classes, table = load_classes(args)
+    with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
+        paths = write_images(args.images, Path(tmp))
+        results = [bench_method(m, encoder, classes, table, paths, args) for m in methods]
+    info = machine_info(encoder)
+    Path(args.out).write_text(json.dumps(dict(machine=info, args=vars(args), results=results), indent=2))
+    print_table(results, info)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
