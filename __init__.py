@@ -6,6 +6,7 @@ imported here: the operators import the engine (torch, open_clip) only inside
 ``execute``, so listing plugins or operators stays fast.
 """
 
+from .bifta_plugin.ui.describe_operator import GenerateDescriptions
 from .bifta_plugin.ui.operators import (
     DeleteBiftaRun,
     GetBiftaRunInfo,
@@ -18,5 +19,6 @@ def register(p):
     p.register(RunBifta)
     p.register(GetBiftaRunInfo)
     p.register(DeleteBiftaRun)
+    p.register(GenerateDescriptions)
     p.register(MispredictionsPanel)
     p.register(ExplanationPanel)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bifta_plugin {classify,folder,demo,runs,info,delete-run}``.
+"""Command line: ``python -m bifta_plugin {classify,folder,demo,runs,info,delete-run,describe}``.
 
 Examples::
 
@@ -14,6 +14,9 @@ Examples::
 
     python -m bifta_plugin runs --dataset my-ds
     python -m bifta_plugin delete-run --dataset my-ds bifta
+
+    # class descriptions from an LLM (API key from BIFTA_LLM_API_KEY only)
+    python -m bifta_plugin describe --classes cat dog --output pets.json
 
 Every option maps to a keyword of :func:`bifta_plugin.api.run_bifta`
 (``--label-field`` -> ``label_field``, ...). ``--model-config FILE.json``
@@ -167,6 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-fields", action="store_true", help="delete only the run record"
     )
     p.set_defaults(func=cmd_delete_run)
+
+    p = sub.add_parser(
+        "describe",
+        help="write class descriptions with an OpenAI-compatible LLM "
+        "(API key from BIFTA_LLM_API_KEY / OPENAI_API_KEY)",
+    )
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--classes", nargs="+", metavar="CLASS", help="class names"
+    )
+    group.add_argument(
+        "--classes-file",
+        help="class list: .txt (one per line), JSON or YAML list",
+    )
+    p.add_argument(
+        "--output", required=True, help="the .json file to write (also a cache)"
+    )
+    p.add_argument(
+        "--base-url",
+        help="endpoint, e.g. http://localhost:11434/v1 (default: "
+        "BIFTA_LLM_BASE_URL, else https://api.openai.com/v1)",
+    )
+    p.add_argument(
+        "--model", help="model name (default: BIFTA_LLM_MODEL, else gpt-4o-mini)"
+    )
+    p.add_argument("--samples-per-prompt", type=int, default=10)
+    p.add_argument("--temperature", type=float, default=0.99)
+    p.add_argument(
+        "--prompt-context", help="a hint after the class name, e.g. 'a type of bird'"
+    )
+    p.set_defaults(func=cmd_describe)
     return parser
 
 
@@ -516,6 +550,28 @@ def cmd_delete_run(args) -> int:
         dataset, args.run_key, delete_fields=not args.keep_fields
     )
     print(f"deleted run {args.run_key!r}; deleted fields: {deleted or 'none'}")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from .generation import generate_descriptions
+
+    if args.classes_file:
+        from .descriptions import load_classes
+
+        classes = load_classes(args.classes_file)
+    else:
+        classes = args.classes
+    result = generate_descriptions(
+        classes,
+        args.output,
+        base_url=args.base_url,
+        model=args.model,
+        samples_per_prompt=args.samples_per_prompt,
+        temperature=args.temperature,
+        prompt_context=args.prompt_context,
+    )
+    print(result.summary())
     return 0
 
 
