@@ -146,7 +146,7 @@ def field_dropdown(
     description: str,
     required: bool = False,
 ):
-    """An enum input over field names (None when there are none to choose)."""
+    """A dropdown enum over names (fields, run keys); None when there are none."""
     fields = list(fields)
     if not fields:
         return None

@@ -958,16 +958,13 @@ def _run_key_input(ctx, inputs, action: str) -> str | None:
         prop = inputs.str("run_key", required=True, label="Run key")
         ui.set_invalid(prop, "This dataset has no BiFTA runs")
         return None
-    choices = types.Dropdown(label="BiFTA run")
-    for key in run_keys:
-        choices.add_choice(key, label=key)
-    inputs.enum(
+    ui.field_dropdown(
+        inputs,
         "run_key",
-        choices.values(),
-        required=True,
+        run_keys,
         label="BiFTA run",
         description=f"The run to {action}",
-        view=choices,
+        required=True,
     )
     key = ctx.params.get("run_key")
     return key if key in run_keys else None
