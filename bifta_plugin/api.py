@@ -54,7 +54,7 @@ from . import runs as br
 from .config import BiftaConfig, get_config
 from .descriptions import DescriptionSet, load_descriptions
 from .pipeline import BiftaClassifier, RuntimeOptions
-from .text import validate_classes
+from .classnames import validate_classes
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def _make_plan(samples, classes, descriptions, *, config_overrides, **kw) -> _Pl
     )
     _check_int(kw["max_class_fields"], "max_class_fields", 0)
     _check_int(kw["top_k"], "top_k", 1)
-    classes = _resolve_classes(samples, classes, kw["classes_field"])
+    classes = resolve_classes(samples, classes, kw["classes_field"])
     descs = resolve_descriptions(descriptions, classes, config, kw["descriptions_format"])
 
     label_field = _check_field_name(kw["label_field"], "label_field")
@@ -533,7 +533,13 @@ def _check_classification_field(samples, name, what: str) -> None:
         raise ValueError(f"{what} {name!r} must be a Classification field; got {field_}")
 
 
-def _resolve_classes(samples, classes, classes_field) -> list[str]:
+def resolve_classes(samples, classes=None, classes_field=None) -> list[str]:
+    """The run's classes: ``classes`` checked, or the sorted distinct labels
+    of the Classification field ``classes_field`` in ``samples``.
+
+    Raises:
+        ValueError: both or neither given, a bad field, no labels, bad names.
+    """
     if classes is not None and classes_field is not None:
         raise ValueError("pass classes or classes_field, not both")
     if classes_field is not None:

@@ -187,19 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", required=True, help="the .json file to write (also a cache)"
     )
-    p.add_argument(
-        "--base-url",
-        help="endpoint, e.g. http://localhost:11434/v1 (default: "
-        "BIFTA_LLM_BASE_URL, else https://api.openai.com/v1)",
-    )
-    p.add_argument(
-        "--model", help="model name (default: BIFTA_LLM_MODEL, else gpt-4o-mini)"
-    )
-    p.add_argument("--samples-per-prompt", type=int, default=10)
-    p.add_argument("--temperature", type=float, default=0.99)
-    p.add_argument(
-        "--prompt-context", help="a hint after the class name, e.g. 'a type of bird'"
-    )
+    _add_llm_args(p)
     p.set_defaults(func=cmd_describe)
     return parser
 
@@ -219,6 +207,32 @@ def _add_classes_args(p, required: bool) -> None:
     group.add_argument(
         "--classes-field", help="use the labels of this Classification field"
     )
+
+
+def _add_llm_args(p, prefix: str = "") -> None:
+    """Endpoint and sampling of description generation; ``prefix`` "llm-"
+    beside classify's CLIP ``--model``. The API key is never an argument."""
+    p.add_argument(
+        f"--{prefix}base-url",
+        help="LLM endpoint, e.g. http://localhost:11434/v1 (default: "
+        "BIFTA_LLM_BASE_URL, else https://api.openai.com/v1)",
+    )
+    p.add_argument(
+        f"--{prefix}model",
+        help="LLM model name (default: BIFTA_LLM_MODEL, else gpt-4o-mini)",
+    )
+    p.add_argument(f"--{prefix}samples-per-prompt", type=int, default=10)
+    p.add_argument(f"--{prefix}temperature", type=float, default=0.99)
+    p.add_argument(
+        f"--{prefix}prompt-context",
+        help="a hint after the class name, e.g. 'a type of bird'",
+    )
+
+
+def _llm_kwargs(args, prefix: str = "") -> dict:
+    """``generate_descriptions`` keywords from the arguments."""
+    names = ("base_url", "model", "samples_per_prompt", "temperature", "prompt_context")
+    return {name: getattr(args, prefix + name) for name in names}
 
 
 def _add_model_args(p) -> None:
@@ -273,6 +287,16 @@ def _add_run_args(p) -> None:
         default="auto",
         choices=("auto", "cupl", "dclip", "templates"),
     )
+    g = p.add_argument_group(
+        "description generation (API key from BIFTA_LLM_API_KEY / OPENAI_API_KEY)"
+    )
+    g.add_argument(
+        "--generate-missing",
+        action="store_true",
+        help="first ask an OpenAI-compatible LLM for descriptions of the "
+        "classes the --descriptions .json file lacks (created if missing)",
+    )
+    _add_llm_args(g, prefix="llm-")
     p.add_argument("--label-field", default="bifta")
     p.add_argument(
         "--gt-field", help="Classification field to evaluate against"
@@ -393,6 +417,8 @@ def _classify(samples, args) -> int:
     from .api import run_bifta
 
     kwargs = _run_kwargs(args)
+    if args.generate_missing:
+        _generate_missing(samples, kwargs, args)
     result = run_bifta(samples, **kwargs)
     print(result.summary())
     if result.num_failed:
@@ -402,6 +428,36 @@ def _classify(samples, args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _generate_missing(samples, kwargs: dict, args) -> None:
+    """Complete the --descriptions file with the LLM before the run."""
+    from .api import resolve_classes
+    from .generation import classes_to_generate, generate_descriptions
+
+    if args.method not in DESCRIPTION_METHODS:
+        _notice(f"method '{args.method}' uses no descriptions; nothing to generate")
+        return
+    if args.descriptions_format not in ("auto", "cupl"):
+        raise CliError(
+            "generated descriptions are CuPL sentences: --generate-missing "
+            f"cannot extend a '{args.descriptions_format}' file"
+        )
+    classes = resolve_classes(
+        samples, kwargs.get("classes"), kwargs.get("classes_field")
+    )
+    todo = classes_to_generate(classes, args.descriptions)
+    if todo:
+        print(f"Generating descriptions for {len(todo)} of {len(classes)} classes")
+    result = generate_descriptions(classes, args.descriptions, **_llm_kwargs(args, "llm_"))
+    print(result.summary())
+    missing = result.missing_classes()
+    if missing:
+        raise CliError(
+            f"the LLM gave no usable description for {len(missing)} "
+            f"class(es): {', '.join(missing[:10])}; run again to retry them "
+            "(nothing was classified)"
+        )
 
 
 def _run_kwargs(args) -> dict:
@@ -435,6 +491,11 @@ def _run_kwargs(args) -> dict:
     if args.method in DESCRIPTION_METHODS:
         if args.descriptions:
             kwargs["descriptions"] = args.descriptions
+        elif args.generate_missing:
+            raise CliError(
+                "--generate-missing needs --descriptions: the .json file to "
+                "write the generated descriptions to"
+            )
         else:
             _notice(
                 f"method '{args.method}' needs class descriptions and no "
@@ -562,15 +623,7 @@ def cmd_describe(args) -> int:
         classes = load_classes(args.classes_file)
     else:
         classes = args.classes
-    result = generate_descriptions(
-        classes,
-        args.output,
-        base_url=args.base_url,
-        model=args.model,
-        samples_per_prompt=args.samples_per_prompt,
-        temperature=args.temperature,
-        prompt_context=args.prompt_context,
-    )
+    result = generate_descriptions(classes, args.output, **_llm_kwargs(args))
     print(result.summary())
     return 0
 

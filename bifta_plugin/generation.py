@@ -52,7 +52,7 @@ from .descriptions import (
     sidecar_path,
     write_json_atomic,
 )
-from .text import wordify
+from .classnames import wordify
 
 logger = logging.getLogger(__name__)
 
@@ -338,6 +338,18 @@ def _secret(secrets: Mapping | None, name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def endpoint_secrets(secrets: Mapping | None) -> dict[str, str]:
+    """The endpoint settings found in ``secrets`` as a plain dict.
+
+    FiftyOne's ``ctx.secrets`` resolves lazily through the operator's
+    context; read it once on the operator's thread and hand this copy to
+    worker threads. Held in memory only, never written anywhere.
+    """
+    names = (*BASE_URL_VARS, *MODEL_VARS, *API_KEY_VARS)
+    found = {name: _secret(secrets, name) for name in names}
+    return {name: value for name, value in found.items() if value}
+
+
 def resolve_endpoint(
     base_url: str | None = None,
     model: str | None = None,
@@ -603,6 +615,18 @@ def _read_cache(path: Path) -> dict[str, list[str]]:
 def _classes_to_generate(classes: list[str], cached: Mapping[str, list]) -> list[str]:
     have = {normalize_name(k) for k, v in cached.items() if any(t.strip() for t in v)}
     return [c for c in classes if normalize_name(c) not in have]
+
+
+def classes_to_generate(classes: Sequence[str], output_path: str | os.PathLike) -> list[str]:
+    """The classes :func:`generate_descriptions` would ask the LLM for: those
+    without a non-empty entry in ``output_path`` (all, if it does not exist).
+    Makes no request.
+
+    Raises:
+        ValueError: bad class names, or a malformed existing file.
+    """
+    unique, _ = _check_classes(classes)
+    return _classes_to_generate(unique, _read_cache(Path(output_path)))
 
 
 def _run_record(endpoint: ChatEndpoint, settings: dict, generated: list[str]) -> dict:

@@ -40,7 +40,7 @@ from . import labels as bl
 from .api import resolve_descriptions
 from .config import get_config
 from .pipeline import BiftaClassifier, RuntimeOptions
-from .text import validate_classes
+from .classnames import validate_classes
 
 
 class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):

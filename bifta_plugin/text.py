@@ -31,70 +31,11 @@ from torch import Tensor
 
 from . import scoring
 from .boxes import greedy_filter
+# re-exported: the torch-free name rules live in classnames
+from .classnames import dclip_sentence, validate_classes, wordify  # noqa: F401
 from .config import BiftaConfig
 
 EncodeTexts = Callable[[list], Tensor]
-
-_DCLIP_WHICH_PREFIXES = ("has", "often", "typically", "may", "can")
-
-
-def wordify(name: str) -> str:
-    """A class name as prompts spell it: underscores become spaces.
-
-    The reference applies this only to description-file keys; its class
-    lists already use spaces, so using it in templates and anchors too
-    changes nothing there and keeps "golden_retriever" labels readable.
-    """
-    return name.replace("_", " ")
-
-
-def dclip_sentence(class_name: str, descriptor: str) -> str:
-    """DCLIP's descriptor-to-sentence rule, quirks included.
-
-    ``"{c}, which is {d}"`` when ``d`` starts with the letter "a" (so
-    "antennae ..." also gets "which is") or with "used"; ``"{c}, which {d}"``
-    when it starts with has/often/typically/may/can; else
-    ``"{c}, which has {d}"``. No final period (``method.md`` section 4).
-    """
-    if descriptor.startswith("a"):
-        which = f"which is {descriptor}"
-    elif descriptor.startswith(_DCLIP_WHICH_PREFIXES):
-        which = f"which {descriptor}"
-    elif descriptor.startswith("used"):
-        which = f"which is {descriptor}"
-    else:
-        which = f"which has {descriptor}"
-    return f"{wordify(class_name)}, {which}"
-
-
-def validate_classes(classes) -> list[str]:
-    """Check a user's class list: non-empty, strings, no duplicates.
-
-    Raises:
-        ValueError: naming the problem.
-    """
-    if isinstance(classes, str) or not isinstance(classes, Sequence):
-        raise ValueError(
-            "classes must be a list of class names; got "
-            f"{type(classes).__name__}"
-        )
-    classes = list(classes)
-    if not classes:
-        raise ValueError("classes is empty: give at least one class name")
-    bad = [c for c in classes if not isinstance(c, str) or not c.strip()]
-    if bad:
-        raise ValueError(f"class names must be non-empty strings; got {bad[:5]}")
-    seen, dups = set(), []
-    for c in classes:
-        if c in seen and c not in dups:
-            dups.append(c)
-        seen.add(c)
-    if dups:
-        raise ValueError(
-            f"duplicate class names {dups}: two classes with the same name "
-            "get identical class vectors and the later one can never win"
-        )
-    return classes
 
 
 def class_texts(

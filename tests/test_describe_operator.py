@@ -241,3 +241,47 @@ def test_cli_describe_server_error_is_exit_2(llm, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:")
     assert API_KEY not in err
+
+
+def test_cli_classify_generates_missing_first(llm, fo_dataset, sample_images, tiny_model_name, tmp_path, capsys):
+    from bifta_plugin.cli import main
+
+    ds = fo_dataset(sample_images[:2])
+    path = tmp_path / "desc.json"
+    path.write_text(json.dumps({"cat": ["a cat with whiskers."]}))
+    classes = ["cat", "astronaut"]
+    args = [
+        "classify", "--dataset", ds.name, "--classes", *classes,
+        "--method", "wca", "--descriptions", str(path), "--generate-missing",
+        "--llm-base-url", llm.base_url, "--llm-model", "cli-llm",
+        "--llm-samples-per-prompt", "1",
+        "--model", tiny_model_name, "--pretrained", "none", "--device", "cpu",
+        "--num-candidates", "3", "--max-views", "3", "--label-field", "gen",
+    ]  # fmt: skip
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Generating descriptions for 1 of 2 classes" in captured.out
+    saved = json.loads(path.read_text())
+    assert saved["cat"] == ["a cat with whiskers."] and saved["astronaut"]
+    assert {r["payload"]["model"] for r in llm.requests} == {"cli-llm"}
+    assert all("astronaut" in p for p in llm.prompts)
+    ds.reload()
+    assert set(ds.values("gen.label")) <= set(classes)
+    _check_server_saw_key(llm)
+    assert API_KEY not in captured.out + captured.err
+
+    # the file is complete now: a second run asks nothing
+    before = len(llm.requests)
+    assert main(args + ["--overwrite"]) == 0
+    assert len(llm.requests) == before
+
+
+def test_cli_generate_missing_needs_a_descriptions_file(fo_dataset, capsys):
+    from bifta_plugin.cli import main
+
+    ds = fo_dataset()
+    code = main(["classify", "--dataset", ds.name, "--classes", "cat",
+                 "--generate-missing"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--generate-missing needs --descriptions" in err

@@ -89,7 +89,7 @@ def _form(dataset, params, uri=URI, view=None):
 def test_immediate_run_writes_fields_and_streams_progress(
     dataset, base_params, descriptions_file
 ):
-    from bifta_plugin.ui.operators import streamed_results
+    from bifta_plugin.ui.run_execution import streamed_results
 
     params = dict(
         base_params,
@@ -121,7 +121,7 @@ def test_immediate_run_writes_fields_and_streams_progress(
 
 
 def test_missing_descriptions_fall_back_to_ensemble(dataset, base_params):
-    from bifta_plugin.ui.operators import streamed_results
+    from bifta_plugin.ui.run_execution import streamed_results
 
     props = _form(dataset, dict(base_params, method="wca"))
     assert "descriptions_fallback" in props
@@ -145,7 +145,7 @@ def test_missing_descriptions_fall_back_to_ensemble(dataset, base_params):
 
 
 def test_classes_from_file_and_from_field(dataset, base_params, tmp_path):
-    from bifta_plugin.ui.operators import streamed_results
+    from bifta_plugin.ui.run_execution import streamed_results
 
     classes_file = tmp_path / "classes.txt"
     classes_file.write_text("# my classes\ncat\n\nastronaut\ncoffee\n")
@@ -306,7 +306,7 @@ def test_existing_bifta_field_warns_and_offers_overwrite(dataset, base_params):
         _execute(dataset, dict(base_params, method="ensemble"))
     _execute(dataset, dict(base_params, method="ensemble", overwrite=True))
     # resume: nothing left to do
-    from bifta_plugin.ui.operators import streamed_results
+    from bifta_plugin.ui.run_execution import streamed_results
 
     out = streamed_results(
         _execute(
@@ -416,7 +416,7 @@ def test_run_info_and_delete_operators(dataset, base_params):
 
 
 def test_build_run_request_maps_params_to_sdk_names():
-    from bifta_plugin.ui.operators import build_run_request
+    from bifta_plugin.ui.run_execution import build_run_request
 
     request = build_run_request(
         dict(

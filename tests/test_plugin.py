@@ -87,3 +87,34 @@ def test_registration_imports_no_torch():
     assert (
         report["heavy"] == []
     ), f"plugin registration imported {report['heavy']}"
+
+
+_FORM_HELPERS_SCRIPT = r"""
+import json, sys, tempfile, os
+from bifta_plugin import descriptions, generation
+from bifta_plugin.ui import llm, run_form, run_execution, describe_operator
+path = os.path.join(tempfile.mkdtemp(), "d.json")
+with open(path, "w") as f:
+    json.dump({"cat": ["a cat."]}, f)
+loaded = descriptions.load_descriptions(path, ["cat", "dog"])
+todo = generation.classes_to_generate(["cat", "dog"], path)
+heavy = sorted(m for m in ("torch", "open_clip", "torchvision") if m in sys.modules)
+print(json.dumps({"missing": loaded.missing_classes(), "todo": todo, "heavy": heavy}))
+"""
+
+
+def test_form_helpers_import_no_torch():
+    """What the forms use on every change (description files, the generation
+    plan) stays pure Python: no torch in the App server for a form."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORM_HELPERS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        cwd=REPO_ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["missing"] == ["dog"] and report["todo"] == ["dog"]
+    assert report["heavy"] == [], f"form helpers imported {report['heavy']}"

@@ -16,6 +16,9 @@ from typing import Any, Iterable, Mapping
 import fiftyone as fo
 import fiftyone.operators.types as types
 
+#: the plugin icon (fiftyone.yml folder relative)
+ICON = "/assets/icon.svg"
+
 #: suffixes of the fields a run writes next to ``label_field`` (ARCHITECTURE.md)
 DERIVED_SUFFIXES = ("_crops", "_scores", "_topk", "_error")
 
@@ -50,17 +53,22 @@ def path_input(
     description: str,
     required: bool = False,
     button_label: str = "Choose a file...",
+    prefer_text: bool = False,
 ):
     """A file-path input: a file explorer in the App, a string for SDK calls.
 
     FiftyOne validates a ``types.File`` value as an object, so a plain string
     from ``execute_operator`` would fail validation; when the caller already
-    passed a string, the input is declared as a string instead.
+    passed a string, the input is declared as a string instead; so it is
+    with ``prefer_text`` while empty (a file that does not exist yet cannot
+    be picked in the explorer, only typed). A value already chosen keeps
+    its widget.
 
     Returns:
         the property, for validation messages.
     """
-    if isinstance(ctx.params.get(name), str):
+    value = ctx.params.get(name)
+    if isinstance(value, str) or (value is None and prefer_text):
         return inputs.str(
             name, label=label, description=description, required=required
         )
@@ -188,6 +196,15 @@ def distinct_labels(collection, field: str) -> list[str]:
     """The distinct labels of a Classification field (one aggregation)."""
     return sorted(
         x for x in collection.distinct(f"{field}.label") if x is not None
+    )
+
+
+def preview(items, limit: int = 8) -> str:
+    """``"a, b, c, ... (+N)"``: the first ``limit`` names of a list."""
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (
+        f", ... (+{len(items) - limit})" if len(items) > limit else ""
     )
 
 

@@ -1,0 +1,193 @@
+"""The "Classes" part of the forms, shared by ``run_bifta`` and
+``generate_descriptions``: typed names, a class-list file, or the labels of a
+Classification field; and the params -> class names mapping used at execution.
+"""
+
+from __future__ import annotations
+
+import fiftyone.operators.types as types
+
+from . import _common as ui
+
+CLASSES_SOURCES = {
+    "list": "Type the classes",
+    "file": "Classes file (.txt one per line, or a JSON list)",
+    "field": "Labels of an existing Classification field",
+}
+
+
+def classes_inputs(ctx, inputs) -> bool:
+    source = ctx.params.get("classes_source") or "list"
+    ui.radio(
+        inputs,
+        "classes_source",
+        CLASSES_SOURCES,
+        label="Classes",
+        default="list",
+        description="Where the class names come from",
+    )
+    if source == "file":
+        return _classes_file_inputs(ctx, inputs)
+    if source == "field":
+        return _classes_field_inputs(ctx, inputs)
+    return _classes_list_inputs(ctx, inputs)
+
+
+def _classes_list_inputs(ctx, inputs) -> bool:
+    value = ctx.params.get("classes")
+    kwargs = dict(
+        label="Class names",
+        description="The classes to choose from (type a name, press Enter)",
+        required=True,
+    )
+    if isinstance(value, str):  # an SDK caller's "a, b, c"
+        prop = inputs.str("classes", **kwargs)
+    else:
+        prop = inputs.list(
+            "classes",
+            types.String(),
+            view=types.AutocompleteView(
+                allow_user_input=True, allow_duplicates=False
+            ),
+            **kwargs,
+        )
+    classes = split_classes(value)
+    if value is not None and not classes:
+        ui.set_invalid(prop, "Enter at least one class name")
+        return False
+    if len(set(classes)) < len(classes):
+        ui.warning(inputs, "classes_dupes", "Some class names are repeated")
+    return bool(classes)
+
+
+def _classes_file_inputs(ctx, inputs) -> bool:
+    prop = ui.path_input(
+        ctx,
+        inputs,
+        "classes_path",
+        label="Classes file",
+        description="A .txt file (one class per line) or a JSON list",
+        required=True,
+    )
+    path = ui.parse_path(ctx.params.get("classes_path"))
+    if path is None:
+        return False
+    try:
+        classes = ui.read_list_file(path)
+    except (ValueError, OSError) as e:
+        ui.set_invalid(prop, str(e))
+        return False
+    ui.notice(
+        inputs,
+        "classes_path_info",
+        f"{len(classes)} classes: {ui.preview(classes)}",
+    )
+    return True
+
+
+def _classes_field_inputs(ctx, inputs) -> bool:
+    fields = ui.classification_fields(ctx.dataset)
+    prop = ui.field_dropdown(
+        inputs,
+        "classes_field",
+        fields,
+        label="Classes field",
+        description="Classify into the labels that occur in this field",
+        required=True,
+    )
+    if prop is None:
+        ui.error(
+            inputs,
+            "classes_field_none",
+            "This dataset has no Classification field: type the classes or "
+            "choose a file instead",
+        )
+        ui.set_invalid(inputs.get_property("classes_source"), "No field")
+        return False
+    field = ctx.params.get("classes_field")
+    if field not in fields:
+        return False
+    classes = ui.distinct_labels(ctx.dataset, field)
+    if not classes:
+        ui.set_invalid(prop, f"Field '{field}' has no labels")
+        return False
+    ui.notice(
+        inputs,
+        "classes_field_info",
+        f"{len(classes)} classes: {ui.preview(classes)}",
+    )
+    return True
+
+
+# ----------------------------------------------------------------------------
+# params -> classes
+# ----------------------------------------------------------------------------
+def classes_kwargs(params: dict) -> dict:
+    source = params.get("classes_source") or "list"
+    if source == "field":
+        field = params.get("classes_field")
+        if not field:
+            raise ValueError("classes_source is 'field' but no classes_field")
+        return {"classes_field": field}
+    if source == "file":
+        path = ui.parse_path(params.get("classes_path"))
+        if path is None:
+            raise ValueError("classes_source is 'file' but no classes_path")
+        return {"classes": ui.read_list_file(path)}
+    classes = split_classes(params.get("classes"))
+    if not classes:
+        raise ValueError("no classes given")
+    return {"classes": classes}
+
+
+def split_classes(value) -> list[str]:
+    """Class names from a list, or a comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(c).strip() for c in value if str(c).strip()]
+
+
+def resolve_classes(collection, params: dict) -> list[str]:
+    """The class names the params select, exactly as ``run_bifta`` resolves
+    them (a field's distinct labels in ``collection``, sorted).
+
+    Raises:
+        ValueError: no classes, an unreadable file, a field without labels.
+    """
+    kwargs = classes_kwargs(params)
+    if "classes_field" not in kwargs:
+        return kwargs["classes"]
+    return field_classes(collection, kwargs["classes_field"])
+
+
+def field_classes(collection, field: str) -> list[str]:
+    """The sorted distinct labels of a Classification field.
+
+    Raises:
+        ValueError: the field has no labels in ``collection``.
+    """
+    classes = ui.distinct_labels(collection, field)
+    if not classes:
+        raise ValueError(f"field '{field}' has no labels")
+    return classes
+
+
+def classes_source(classes, classes_path, classes_field) -> str:
+    given = [
+        name
+        for name, value in (
+            ("list", classes),
+            ("file", classes_path),
+            ("field", classes_field),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        raise ValueError(
+            "pass only one of classes, classes_path and classes_field"
+        )
+    if not given:
+        raise ValueError("pass classes, classes_path or classes_field")
+    return given[0]
