@@ -12,6 +12,7 @@ Screenshots go to ``artifacts/screenshots/`` (gitignored); with
 ``docs/images/mispredictions_panel.png`` (the README's).
 """
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import fiftyone as fo
 from bifta_plugin import analysis as ba
 from bifta_plugin import runs
 from test_analysis import CLASSES, _prediction
+from test_generation import FakeLLM, llm  # noqa: F401 (the LLM server fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.fiftyone, pytest.mark.slow]
 
@@ -180,6 +182,18 @@ def _wait_http(url, proc, log_path, timeout):
     )
 
 
+#: the App server with the tiny test model registered in its process, so runs
+#: executed immediately by the App can use it
+_SERVER_MAIN = (
+    "import runpy, sys; "
+    f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+    "import tiny_model; tiny_model.register_tiny_config(); "
+    "sys.argv[0] = 'fiftyone.server.main'; "
+    "runpy.run_module('fiftyone.server.main', run_name='__main__')"
+)
+BROWSER_API_KEY = "sk-test-" + "br0wser-secret"
+
+
 @pytest.fixture(scope="module")
 def app_server(app_dataset, tmp_path_factory):
     """``(base_url, timings)`` of an App server; always stopped at teardown."""
@@ -194,14 +208,16 @@ def app_server(app_dataset, tmp_path_factory):
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "fiftyone.server.main",
+                "-c",
+                _SERVER_MAIN,
                 "--port",
                 str(port),
                 "--address",
                 "127.0.0.1",
             ],
-            env=dict(os.environ),
+            # the key of the LLM test server, as a user would set it; it must
+            # reach that server and never the server log (checked below)
+            env=dict(os.environ, BIFTA_LLM_API_KEY=BROWSER_API_KEY),
             cwd=str(log_dir),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -211,7 +227,7 @@ def app_server(app_dataset, tmp_path_factory):
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(base_url + "/", proc, log_path, SERVER_TIMEOUT)
         _timed(timings, "server_start_s", start)
-        yield base_url, timings
+        yield base_url, timings, log_path
     finally:
         proc.terminate()
         try:
@@ -299,7 +315,7 @@ def click_cell(page, classes, gt, pred):
 
 # --- tests -----------------------------------------------------------------
 def test_mispredictions_panel_in_the_app(app_server, app_dataset, page):
-    base_url, timings = app_server
+    base_url, timings, _ = app_server
     ds = app_dataset
     classes = ba.build_confusion_matrix(ds, "bifta", "ground_truth").classes
 
@@ -356,7 +372,7 @@ def test_mispredictions_panel_in_the_app(app_server, app_dataset, page):
 
 
 def test_explanation_panel_in_the_modal(app_server, app_dataset, page):
-    base_url, timings = app_server
+    base_url, timings, _ = app_server
     start = time.monotonic()
     open_dataset(page, base_url, app_dataset)
     dismiss_popups(page)
@@ -376,3 +392,87 @@ def test_explanation_panel_in_the_modal(app_server, app_dataset, page):
     # the best crop's description of that very prediction
     assert f"a {predicted.group(1)} with pointed ears" in body
     assert "Runner-up" in body and "Top crops" in body
+
+
+def _input_after(page, text):
+    """The first input below the element showing ``text`` (a description)."""
+    return page.get_by_text(text).first.locator("xpath=following::input[1]")
+
+
+def test_run_form_generates_missing_descriptions_then_runs(
+    app_server, app_dataset, page, tmp_path, llm, tiny_model_name
+):
+    """The run_bifta form in the App with "generate missing descriptions":
+    the toggle swaps the file picker for a path box and shows the LLM
+    settings and the plan; Execute (immediate, in the App server) generates
+    the file with the local LLM server, then classifies. The API key (the
+    server's environment) reaches the LLM and nothing else."""
+    from bifta_plugin import runs as bifta_runs
+
+    base_url, timings, log_path = app_server
+    ds = app_dataset
+    path = tmp_path / "app.json"
+
+    open_dataset(page, base_url, ds)
+    dismiss_popups(page)
+    page.keyboard.press("`")
+    page.keyboard.type("zero-shot")
+    page.get_by_text("BiFTA: zero-shot classify").first.click()
+
+    page.get_by_text("Labels of an existing Classification field").first.click()
+    field = page.get_by_text("Classify into the labels that occur in this field")
+    field.first.locator("xpath=following::*[@role='combobox'][1]").click()
+    page.get_by_role("option", name="ground_truth").first.click()
+    page.get_by_text("4 classes: cat, dog, fox, owl").first.wait_for()
+
+    page.get_by_text("BiFTA: crops + refined descriptions").first.click()
+    page.get_by_role("option", name="Descriptions only").first.click()
+
+    page.get_by_text("Generate missing descriptions with an LLM first").first.click()
+    page.get_by_text("Enter the .json file to write").first.wait_for()
+    _input_after(page, "The .json file to complete").fill(str(path))
+    _input_after(page, "An OpenAI-compatible API, e.g.").fill(llm.base_url)
+    _input_after(page, "Empty: the BIFTA_LLM_MODEL secret").fill("app-llm")
+    _input_after(page, "Replies per question prompt").fill("1")
+    _input_after(page, "An open_clip model name").fill(tiny_model_name)
+    _input_after(page, "An open_clip tag").fill("none")
+    _input_after(page, "The fo.Classification field to write").fill("llm_pred")
+    _input_after(page, "auto, cpu, cuda").fill("cpu")
+    plan = page.get_by_text("4 of 4 classes will be generated first")
+    plan.first.wait_for(timeout=LOAD_TIMEOUT)
+    assert "app-llm" in plan.first.inner_text()
+    assert "API key set" in plan.first.inner_text()
+    shot(page, "06_run_form_generate.png")
+    assert not llm.requests  # the form never asks the LLM
+
+    start = time.monotonic()
+    page.get_by_role("button", name="Execute").first.click()
+    summary = page.get_by_text("Descriptions file:")
+    try:
+        summary.first.wait_for(timeout=120_000)
+    except sync_api.TimeoutError:
+        shot(page, "failed_run_form_execute.png")
+        raise
+    _timed(timings, "generate_and_run_s", start)
+    body = page.locator("body").inner_text()
+    shot(page, "07_run_form_output.png")
+    assert "4 generated now" in body and f"Classified: {NUM_SAMPLES}" in body
+
+    saved = json.loads(path.read_text())
+    assert sorted(saved) == ["cat", "dog", "fox", "owl"]
+    assert {r["payload"]["model"] for r in llm.requests} == {"app-llm"}
+    for request in llm.requests:
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        assert headers["authorization"] == f"Bearer {BROWSER_API_KEY}"
+    ds.reload()
+    assert len(ds.exists("llm_pred")) == NUM_SAMPLES
+    assert set(ds.distinct("llm_pred.label")) <= set(saved)
+    info = bifta_runs.get_bifta_run_info(ds, "llm_pred")
+    assert info["descriptions"]["provenance"]["generation"]["model"] == "app-llm"
+    for text in (
+        path.read_text(),
+        (tmp_path / "app.json.meta.json").read_text(),
+        json.dumps(info, default=str),
+        open(log_path).read(),
+    ):
+        assert BROWSER_API_KEY not in text

@@ -320,7 +320,8 @@ def test_form_rejects_bad_generation_settings(llm, dataset, base_params, tmp_pat
         dataset,
         _gen_params(base_params, llm, tmp_path / "d.json", descriptions_format="dclip"),
     )
-    assert "descriptions_format_generated" in props
+    assert props["generate_missing"].invalid
+    assert "dclip" in props["generate_missing"].error_message
 
     params = _gen_params(base_params, llm, tmp_path / "d.json")
     params.pop("descriptions_path")
@@ -388,3 +389,22 @@ def test_build_run_request_generation_step(tmp_path):
         build_run_request(dict(params, descriptions_path="d.txt"))
     with pytest.raises(ValueError, match="dclip"):
         build_run_request(dict(params, descriptions_format="dclip"))
+
+
+def test_form_refuses_openai_without_a_key(dataset, base_params, tmp_path, monkeypatch):
+    monkeypatch.delenv("BIFTA_LLM_API_KEY")
+    params = dict(
+        base_params, method="wca", descriptions_path=str(tmp_path / "d.json"),
+        generate_missing=True,
+    )  # fmt: skip
+    props = _form(dataset, params)
+    assert "api.openai.com" in props["generation_plan"].view.label
+    assert props["llm_base_url"].invalid
+    assert "No API key for api.openai.com" in props["llm_base_url"].error_message
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match="No API key for api.openai.com"):
+        _execute(dataset, dict(params, label_field="nokey"))
+    dataset.reload()
+    assert "nokey" not in dataset.get_field_schema()
+    assert not (tmp_path / "d.json").exists()

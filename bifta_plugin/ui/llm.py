@@ -115,9 +115,15 @@ def generation_kwargs(params: dict, prefix: str = "") -> dict:
     return kwargs
 
 
-def endpoint_summary(params: dict, secrets, prefix: str = "") -> str:
-    """"model at URL (API key set / no API key)" as generation will resolve
-    it; never the key itself."""
+def endpoint_summary(params: dict, secrets, prefix: str = "") -> tuple[str, str | None]:
+    """How generation will resolve the endpoint, and why it cannot run.
+
+    Returns:
+        ``("`model` at URL (API key set | no API key)", problem or None)``;
+        never the key itself. The problem mirrors
+        ``generate_descriptions``' own checks (a bad URL; no key for
+        api.openai.com).
+    """
     from .. import generation  # stdlib HTTP only
 
     kwargs = generation_kwargs(params, prefix)
@@ -126,9 +132,17 @@ def endpoint_summary(params: dict, secrets, prefix: str = "") -> str:
             kwargs.get("base_url"), kwargs.get("model"), secrets=secrets
         )
     except ValueError as e:
-        return f"endpoint not usable: {e}"
+        return "an unusable endpoint", str(e)
     key = "API key set" if endpoint.api_key else "no API key"
-    return f"`{endpoint.model}` at {endpoint.public_url} ({key})"
+    summary = f"`{endpoint.model}` at {endpoint.public_url} ({key})"
+    host = urllib.parse.urlsplit(endpoint.base_url).hostname
+    if not endpoint.api_key and host == "api.openai.com":
+        return summary, (
+            "No API key for api.openai.com: set the BIFTA_LLM_API_KEY secret "
+            "(or environment variable), or give the base URL of a local "
+            "server"
+        )
+    return summary, None
 
 
 def classes_to_generate(classes, path) -> list[str]:

@@ -199,8 +199,9 @@ def _coverage_inputs(ctx, inputs, prop, path: str) -> bool:
 
 
 def _generation_inputs(ctx, inputs, prop, path: str | None) -> bool:
-    """The generate-missing branch: the file to complete, what will be
-    asked for, and the LLM settings (``llm_`` params)."""
+    """The generate-missing branch: the file to complete, the LLM settings
+    (``llm_`` params), then what will be asked for. Problems mark a property
+    invalid, which is what blocks execution."""
     ready = True
     if path is None:
         ui.set_invalid(
@@ -216,22 +217,22 @@ def _generation_inputs(ctx, inputs, prop, path: str | None) -> bool:
         ready = False
     fmt = ctx.params.get("descriptions_format") or "auto"
     if fmt not in GENERATED_FORMATS:
-        ui.error(
-            inputs,
-            "descriptions_format_generated",
+        ui.set_invalid(
+            inputs.get_property("generate_missing"),
             f"Generated descriptions are CuPL sentences: format '{fmt}' "
             "cannot be generated (use auto or cupl)",
         )
         ready = False
-    classes = _form_classes(ctx)
-    if ready and classes is not None:
-        ready &= _generation_plan_notice(ctx, inputs, prop, path, classes)
     ready &= llm.endpoint_inputs(ctx, inputs, prefix=LLM_PREFIX)
     ready &= llm.sampling_inputs(ctx, inputs, prefix=LLM_PREFIX)
+    classes = _form_classes(ctx)
+    if ready and classes is not None:
+        ready &= _generation_plan(ctx, inputs, prop, path, classes)
     return ready
 
 
-def _generation_plan_notice(ctx, inputs, prop, path, classes) -> bool:
+def _generation_plan(ctx, inputs, prop, path, classes) -> bool:
+    """A notice of what will be asked for, and with which endpoint."""
     try:
         todo = llm.classes_to_generate(classes, path)
     except (ValueError, OSError) as e:
@@ -245,13 +246,18 @@ def _generation_plan_notice(ctx, inputs, prop, path, classes) -> bool:
             f"{path}: nothing will be asked of the LLM",
         )
         return True
-    endpoint = llm.endpoint_summary(ctx.params, ctx.secrets, prefix=LLM_PREFIX)
+    endpoint, problem = llm.endpoint_summary(
+        ctx.params, ctx.secrets, prefix=LLM_PREFIX
+    )
     ui.notice(
         inputs,
         "generation_plan",
         f"{len(todo)} of {len(classes)} classes will be generated first "
         f"({ui.preview(todo)}) with {endpoint}",
     )
+    if problem:
+        ui.set_invalid(inputs.get_property(LLM_PREFIX + "base_url"), problem)
+        return False
     return True
 
 
