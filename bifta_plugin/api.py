@@ -52,9 +52,9 @@ from . import __version__
 from . import labels as bl
 from . import runs as br
 from .config import BiftaConfig, get_config
-from .descriptions import DescriptionSet, load_descriptions
-from .pipeline import BiftaClassifier, RuntimeOptions
 from .classnames import validate_classes
+from .descriptions import DescriptionSet, load_descriptions, refinement_summary
+from .pipeline import BiftaClassifier, RuntimeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ class RunResult:
             prediction time.
         crop_mode: the resolved crop mode ("exact" or "fast").
         device: where the encoder ran.
+        descriptions_kept: per class ``{label, candidates, kept}``: how many
+            descriptions BiFTA's refinement kept (description methods only).
     """
 
     run_key: str
@@ -151,6 +153,7 @@ class RunResult:
     images_per_s: float = 0.0
     crop_mode: str = ""
     device: str = ""
+    descriptions_kept: list | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (failures as ``[id, message]`` lists)."""
@@ -177,6 +180,9 @@ class RunResult:
                 f"Resample protocol: {self.accuracy_runs_mean:.4f} "
                 f"+/- {self.accuracy_runs_std:.4f} over runs."
             )
+        if self.descriptions_kept:
+            line = refinement_summary(self.descriptions_kept)
+            parts.append(line[0].upper() + line[1:] + ".")
         if self.failures:
             sid, msg = self.failures[0]
             parts.append(f"First failure: sample {sid}: {msg}")
@@ -353,6 +359,7 @@ def run_bifta(
         crop_mode=classifier.crop_mode,
         device=str(classifier.device),
         eval_key=plan.eval_key,
+        descriptions_kept=params["descriptions_kept"] if plan.descriptions else None,
     )
     try:
         _predict_and_write(plan, classifier, result, progress)

@@ -752,6 +752,34 @@ def _read_sidecar(path: Path) -> dict | None:
 # ----------------------------------------------------------------------------
 # Summary
 # ----------------------------------------------------------------------------
+def refinement_summary(kept: Sequence[Mapping], limit: int = 5) -> str:
+    """One line on what description refinement did, from a run's
+    ``descriptions_kept`` (``[{label, candidates, kept}]`` per class).
+
+    E.g. "descriptions kept: 412 of 500 (per class min 3, median 9, max 10);
+    most reduced: 'tabby cat' 50 -> 3, ...". Empty when nothing was dropped
+    is still reported ("all 500 kept"), so a threshold that did nothing shows.
+    """
+    if not kept:
+        return ""
+    total = sum(int(k["candidates"]) for k in kept)
+    left = sum(int(k["kept"]) for k in kept)
+    if left == total:
+        return f"descriptions kept: all {total} ({len(kept)} classes)"
+    counts = sorted(int(k["kept"]) for k in kept)
+    median = counts[len(counts) // 2]
+    reduced = sorted(kept, key=lambda k: int(k["kept"]) - int(k["candidates"]))
+    worst = [
+        f"{k['label']!r} {k['candidates']} -> {k['kept']}"
+        for k in reduced[:limit]
+        if int(k["kept"]) < int(k["candidates"])
+    ]
+    return (
+        f"descriptions kept: {left} of {total} (per class min {counts[0]}, "
+        f"median {median}, max {counts[-1]}); most reduced: {', '.join(worst)}"
+    )
+
+
 def _names(items: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(repr(x) for x in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

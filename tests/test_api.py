@@ -409,3 +409,17 @@ def test_lazy_names_resolve():
     assert bifta_plugin.delete_bifta_run is runs.delete_bifta_run
     with pytest.raises(AttributeError):
         bifta_plugin.no_such_name
+
+
+def test_result_reports_description_refinement(fo_dataset, photos, encoder):
+    ds = fo_dataset(photos)
+    result = _run(ds, encoder, max_descriptions=1)  # the cap keeps the first only
+    assert result.descriptions_kept == [
+        dict(label=c, candidates=2, kept=1) for c in CLASSES
+    ]
+    assert "Descriptions kept: 3 of 6 (per class min 1, median 1, max 1)" in result.summary()
+    info = runs.get_bifta_run_info(ds, "bifta")
+    assert info["descriptions_kept"] == result.descriptions_kept
+
+    clip = _run(fo_dataset(photos), encoder, method="clip", descriptions=None)
+    assert clip.descriptions_kept is None and "kept" not in clip.summary()

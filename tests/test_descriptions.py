@@ -412,3 +412,21 @@ def test_real_files(dataset, classes, texts, duplicates):
         assert len(names) == 365 and ds.report.duplicate_classes
     if dataset == "food101":  # "apple_pie" finds the key "apple pie"
         assert "apple_pie" in ds.descriptions
+
+
+def test_refinement_summary_reports_what_the_threshold_did():
+    from bifta_plugin.descriptions import refinement_summary
+
+    kept = [
+        dict(label="Tabby Cat", candidates=50, kept=3),
+        dict(label="dog", candidates=10, kept=10),
+        dict(label="fox", candidates=12, kept=9),
+    ]
+    line = refinement_summary(kept)
+    assert line.startswith("descriptions kept: 22 of 72 (per class min 3, median 9, max 10)")
+    # most reduced first, untouched classes not listed, names kept as given
+    assert line.endswith("most reduced: 'Tabby Cat' 50 -> 3, 'fox' 12 -> 9")
+    assert refinement_summary([dict(label="a", candidates=4, kept=4)]) == (
+        "descriptions kept: all 4 (1 classes)"
+    )
+    assert refinement_summary([]) == ""

@@ -109,6 +109,11 @@ def test_immediate_run_writes_fields_and_streams_progress(
     assert out["method"] == "bifta" and out["fallback"] is None
     assert 0.0 <= out["accuracy"] <= 1.0 and out["eval_key"] == "eval_pred"
     assert "Accuracy" in json.dumps(result.executor.to_json())
+    # what BiFTA's description refinement did, per class, in the output
+    kept = {k["label"]: k for k in out["descriptions_kept"]}
+    assert set(kept) == set(CLASSES)
+    assert all(1 <= k["kept"] <= k["candidates"] == 2 for k in kept.values())
+    assert "Descriptions kept:" in json.dumps(result.executor.to_json())
 
     dataset.reload()
     schema = dataset.get_field_schema()

@@ -386,6 +386,11 @@ def summary_markdown(results: dict) -> str:
         lines.append(
             f"- **Accuracy: {100 * results['accuracy']:.1f}%**{suffix}"
         )
+    if results.get("descriptions_kept"):
+        from ..descriptions import refinement_summary  # pure Python
+
+        line = refinement_summary(results["descriptions_kept"])
+        lines.append(f"- {line[0].upper() + line[1:]}")
     if results.get("num_failed"):
         lines.append(f"- Failures are in `{label_field}_error`")
     return "\n".join(lines)
