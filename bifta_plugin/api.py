@@ -133,6 +133,10 @@ class RunResult:
         device: where the encoder ran.
         descriptions_kept: per class ``{label, candidates, kept}``: how many
             descriptions BiFTA's refinement kept (description methods only).
+        descriptions_report: what loading the descriptions did (classes
+            covered, texts, duplicates, unmatched keys, merged keys, texts
+            truncated by the tokenizer, generation), as lines; None for
+            methods without descriptions.
     """
 
     run_key: str
@@ -154,6 +158,7 @@ class RunResult:
     crop_mode: str = ""
     device: str = ""
     descriptions_kept: list | None = None
+    descriptions_report: str | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (failures as ``[id, message]`` lists)."""
@@ -339,6 +344,8 @@ def run_bifta(
         encoder = create_encoder(
             model_name, pretrained, device=device, precision=precision, cache_dir=cache_dir
         )
+    if plan.descriptions is not None and hasattr(encoder, "count_truncated"):
+        _report_truncation(plan.descriptions, encoder)
     classifier = BiftaClassifier(
         encoder,
         plan.classes,
@@ -360,6 +367,7 @@ def run_bifta(
         device=str(classifier.device),
         eval_key=plan.eval_key,
         descriptions_kept=params["descriptions_kept"] if plan.descriptions else None,
+        descriptions_report=plan.descriptions.summary() if plan.descriptions else None,
     )
     try:
         _predict_and_write(plan, classifier, result, progress)
@@ -371,6 +379,18 @@ def run_bifta(
         raise
     _finish_run(plan, result, start, "completed")
     return result
+
+
+def _report_truncation(descriptions: DescriptionSet, encoder) -> None:
+    """Count the texts the tokenizer will cut at its context length; the
+    count goes into the description report (and the run record)."""
+    truncated = descriptions.check_lengths(encoder.count_truncated)
+    if truncated:
+        logger.warning(
+            "%d of %d descriptions exceed the text encoder's context of %s "
+            "tokens and are truncated when encoded",
+            truncated, descriptions.report.total, getattr(encoder, "context_length", "?"),
+        )
 
 
 def resolve_descriptions(
@@ -707,6 +727,7 @@ def _run_params(plan: _Plan, classifier: BiftaClassifier) -> dict:
                 format=desc.format,
                 sha256=desc.sha256,
                 provenance=desc.provenance,
+                report=desc.report.to_dict(),
             )
         ),
         descriptions_sha256=None if desc is None else desc.sha256,

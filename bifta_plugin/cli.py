@@ -420,6 +420,8 @@ def _classify(samples, args) -> int:
     if args.generate_missing:
         _generate_missing(samples, kwargs, args)
     result = run_bifta(samples, **kwargs)
+    if result.descriptions_report:
+        print(result.descriptions_report)
     print(result.summary())
     if result.num_failed:
         print(

@@ -75,7 +75,7 @@ class MatchReport:
             differently but normalising to an earlier class's name. They
             share one description list, hence one class vector, so the
             later one can never win the argmax (Places365 repeats 19 names).
-        truncated: texts longer than CLIP's 77-token context, or None until a
+        truncated: texts longer than the encoder's context (CLIP: 77 tokens), or None until a
             caller with an encoder runs :meth:`DescriptionSet.check_lengths`.
     """
 
@@ -822,7 +822,8 @@ def _summary_lines(ds: DescriptionSet) -> list[str]:
         lines.append(f"  dropped {r.empty_dropped} empty entries")
     if r.truncated:
         lines.append(
-            f"  {r.truncated} texts exceed CLIP's 77-token context (truncated when encoded)"
+            f"  {r.truncated} texts exceed the text encoder's context (CLIP: 77 "
+            "tokens) and are truncated when encoded"
         )
     generation = ds.provenance.get("generation")
     if generation:

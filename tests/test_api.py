@@ -423,3 +423,23 @@ def test_result_reports_description_refinement(fo_dataset, photos, encoder):
 
     clip = _run(fo_dataset(photos), encoder, method="clip", descriptions=None)
     assert clip.descriptions_kept is None and "kept" not in clip.summary()
+
+
+def test_result_and_run_carry_the_descriptions_report(fo_dataset, photos, encoder):
+    long_text = "a cat " + " ".join(["with very long striped fur"] * 6)
+    descriptions = {
+        "CAT": ["a cat with whiskers", long_text, "a cat with whiskers"],
+        "astronaut": ["a person in a space suit"],
+        "coffee": ["a cup of coffee"],
+        "zebra": ["a striped horse"],
+    }
+    ds = fo_dataset(photos)
+    result = _run(ds, encoder, descriptions=descriptions, method="wca")
+    report = result.descriptions_report
+    assert report.startswith("Descriptions: 3/3 classes from inline")
+    assert "1 exact duplicates in 1 classes" in report
+    assert "1 file keys match no class: 'zebra'" in report
+    assert "1 texts exceed the text encoder's context" in report
+    info = runs.get_bifta_run_info(ds, "bifta")["descriptions"]["report"]
+    assert info["truncated"] == 1  # the tiny test model's context is 16 tokens
+    assert info["unmatched_keys"] == ["zebra"] and info["duplicates"] == {"cat": 1}

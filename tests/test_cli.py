@@ -312,6 +312,9 @@ def test_classify_with_descriptions_and_config_settings(
         capsys,
     )
     assert code == 0, err
+    # the descriptions report and what refinement kept, before the summary
+    assert f"Descriptions: 2/2 classes from {desc}" in out
+    assert "Descriptions kept: all 2 (2 classes)." in out
     from bifta_plugin import runs
 
     cfg = runs.get_bifta_run_info(ds, "bifta")["config"]

@@ -240,7 +240,7 @@ def test_check_lengths_records_truncation():
     assert ds.report.truncated is None
     assert ds.check_lengths(count_truncated) == 2
     assert ds.report.truncated == 2 and len(seen[0]) == 3
-    assert "2 texts exceed CLIP's 77-token context" in ds.summary()
+    assert "2 texts exceed the text encoder's context" in ds.summary()
 
 
 # ----------------------------------------------------------------------------

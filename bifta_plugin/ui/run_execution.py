@@ -393,6 +393,9 @@ def summary_markdown(results: dict) -> str:
         lines.append(f"- {line[0].upper() + line[1:]}")
     if results.get("num_failed"):
         lines.append(f"- Failures are in `{label_field}_error`")
+    if results.get("descriptions_report"):
+        lines.append("\n**Descriptions**\n")
+        lines.append("```\n" + results["descriptions_report"] + "\n```")
     return "\n".join(lines)
 
 
