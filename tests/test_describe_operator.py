@@ -285,3 +285,50 @@ def test_cli_generate_missing_needs_a_descriptions_file(fo_dataset, capsys):
                  "--generate-missing"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "--generate-missing needs --descriptions" in err
+
+
+def _describe_form(ds, params):
+    from fiftyone.operators.executor import ExecutionContext
+
+    from bifta_plugin.ui.describe_operator import GenerateDescriptions
+
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, params=params))
+    return GenerateDescriptions().resolve_input(ctx).type.properties
+
+
+def test_operator_form_shows_the_plan(llm, fo_dataset, tmp_path):
+    ds = fo_dataset()
+    out = tmp_path / "plan.json"
+    out.write_text(json.dumps({"Red_Fox": ["a red fox."]}))
+    params = dict(
+        classes=["red fox", "barn owl"], output_path=str(out),
+        base_url=llm.base_url, model="plan-model",
+    )  # fmt: skip
+    props = _describe_form(ds, params)
+    plan = props["generation_plan"].view.label
+    assert "1 of 2 classes will be generated (barn owl)" in plan
+    assert "plan-model" in plan and "API key set" in plan and API_KEY not in plan
+
+    out.write_text(json.dumps({"red fox": ["a."], "barn owl": ["b."]}))
+    props = _describe_form(ds, params)
+    assert "nothing will be asked" in props["generation_plan"].view.label
+
+    out.write_text("{not json")
+    props = _describe_form(ds, params)
+    assert props["output_path"].invalid and "plan.json" in props["output_path"].error_message
+    assert not llm.requests
+
+
+def test_operator_refuses_openai_without_a_key(fo_dataset, tmp_path, monkeypatch):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    monkeypatch.delenv("BIFTA_LLM_API_KEY")
+    ds = fo_dataset()
+    params = dict(classes=["cat"], output_path=str(tmp_path / "k.json"))
+    props = _describe_form(ds, params)
+    assert props["base_url"].invalid
+    assert "No API key for api.openai.com" in props["base_url"].error_message
+    with pytest.raises(ExecutionError, match="No API key"):
+        foo.execute_operator(URI, ctx=dict(dataset=ds.name, params=params))
+    assert not (tmp_path / "k.json").exists()

@@ -16,8 +16,6 @@ module is imported inside ``execute``.
 
 from __future__ import annotations
 
-import os
-
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -93,14 +91,23 @@ class GenerateDescriptions(foo.Operator):
 # ----------------------------------------------------------------------------
 def _describe_inputs(ctx, inputs) -> bool:
     """Build the form; returns whether it is ready to execute."""
-    ready = classes_inputs(ctx, inputs)
-    ready &= _output_inputs(ctx, inputs)
+    classes_ready = classes_inputs(ctx, inputs)
+    output = _output_inputs(ctx, inputs)
+    ready = classes_ready and output is not None
     ready &= llm.endpoint_inputs(ctx, inputs)
     ready &= llm.sampling_inputs(ctx, inputs)
+    if ready:
+        prop, path = output
+        try:
+            classes = resolve_classes(ctx.dataset, ctx.params)
+        except (ValueError, OSError):
+            return False  # the classes input shows the problem
+        ready &= llm.plan_inputs(ctx, inputs, prop, path, classes)
     return ready
 
 
-def _output_inputs(ctx, inputs) -> bool:
+def _output_inputs(ctx, inputs):
+    """The output file input; ``(property, path)`` when valid, else None."""
     prop = inputs.str(
         "output_path",
         required=True,
@@ -112,18 +119,12 @@ def _output_inputs(ctx, inputs) -> bool:
     )
     path = ui.parse_path(ctx.params.get("output_path"))
     if path is None:
-        return False
+        return None
     message = llm.json_path_error(path)
     if message:
         ui.set_invalid(prop, message)
-        return False
-    if os.path.exists(path):
-        ui.notice(
-            inputs,
-            "output_exists",
-            f"{path} exists: only the classes missing from it are generated",
-        )
-    return True
+        return None
+    return prop, path
 
 
 def _output_path(params: dict) -> str:

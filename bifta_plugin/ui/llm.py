@@ -145,6 +145,39 @@ def endpoint_summary(params: dict, secrets, prefix: str = "") -> tuple[str, str 
     return summary, None
 
 
+def plan_inputs(
+    ctx, inputs, path_prop, path: str, classes, prefix: str = "", when: str = ""
+) -> bool:
+    """A notice of what generation will ask for and with which endpoint;
+    a malformed file marks ``path_prop`` invalid, an endpoint that cannot
+    run (e.g. no key for api.openai.com) the base URL input. Never calls
+    the LLM."""
+    try:
+        todo = classes_to_generate(classes, path)
+    except (ValueError, OSError) as e:
+        ui.set_invalid(path_prop, str(e))
+        return False
+    if not todo:
+        ui.notice(
+            inputs,
+            "generation_plan",
+            f"All {len(classes)} classes already have descriptions in "
+            f"{path}: nothing will be asked of the LLM",
+        )
+        return True
+    endpoint, problem = endpoint_summary(ctx.params, ctx.secrets, prefix)
+    ui.notice(
+        inputs,
+        "generation_plan",
+        f"{len(todo)} of {len(classes)} classes will be generated"
+        f"{' ' + when if when else ''} ({ui.preview(todo)}) with {endpoint}",
+    )
+    if problem:
+        ui.set_invalid(inputs.get_property(prefix + "base_url"), problem)
+        return False
+    return True
+
+
 def classes_to_generate(classes, path) -> list[str]:
     """See :func:`bifta_plugin.generation.classes_to_generate`."""
     from .. import generation  # stdlib HTTP only

@@ -227,38 +227,10 @@ def _generation_inputs(ctx, inputs, prop, path: str | None) -> bool:
     ready &= llm.sampling_inputs(ctx, inputs, prefix=LLM_PREFIX)
     classes = _form_classes(ctx)
     if ready and classes is not None:
-        ready &= _generation_plan(ctx, inputs, prop, path, classes)
-    return ready
-
-
-def _generation_plan(ctx, inputs, prop, path, classes) -> bool:
-    """A notice of what will be asked for, and with which endpoint."""
-    try:
-        todo = llm.classes_to_generate(classes, path)
-    except (ValueError, OSError) as e:
-        ui.set_invalid(prop, str(e))
-        return False
-    if not todo:
-        ui.notice(
-            inputs,
-            "generation_plan",
-            f"All {len(classes)} classes already have descriptions in "
-            f"{path}: nothing will be asked of the LLM",
+        ready &= llm.plan_inputs(
+            ctx, inputs, prop, path, classes, prefix=LLM_PREFIX, when="first"
         )
-        return True
-    endpoint, problem = llm.endpoint_summary(
-        ctx.params, ctx.secrets, prefix=LLM_PREFIX
-    )
-    ui.notice(
-        inputs,
-        "generation_plan",
-        f"{len(todo)} of {len(classes)} classes will be generated first "
-        f"({ui.preview(todo)}) with {endpoint}",
-    )
-    if problem:
-        ui.set_invalid(inputs.get_property(LLM_PREFIX + "base_url"), problem)
-        return False
-    return True
+    return ready
 
 
 def _form_classes(ctx) -> list[str] | None:
