@@ -434,7 +434,7 @@ def _classify(samples, args) -> int:
 
 def _generate_missing(samples, kwargs: dict, args) -> None:
     """Complete the --descriptions file with the LLM before the run."""
-    from .api import resolve_classes
+    from .run_checks import resolve_classes
     from .generation import classes_to_generate, generate_descriptions
 
     if args.method not in DESCRIPTION_METHODS:

@@ -37,10 +37,10 @@ import numpy as np
 import fiftyone.core.models as fom
 
 from . import labels as bl
-from .api import resolve_descriptions
+from .classnames import validate_classes
 from .config import get_config
 from .pipeline import BiftaClassifier, RuntimeOptions
-from .classnames import validate_classes
+from .run_checks import resolve_descriptions
 
 
 class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):

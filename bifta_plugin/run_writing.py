@@ -1,0 +1,246 @@
+"""Writing a :func:`bifta_plugin.api.run_bifta` call: the run record, the
+fields, the predictions batch by batch (one bulk ``set_values`` per field),
+the evaluation and the final status."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+
+import numpy as np
+
+import fiftyone.core.fields as fof
+import fiftyone.core.utils as fou
+from fiftyone import ViewField as F
+
+from . import __version__
+from . import labels as bl
+from . import runs as br
+from .config import BiftaConfig
+from .pipeline import BiftaClassifier
+from .results import MAX_FAILURES_KEPT, RunResult, SampleFailedError
+from .run_checks import ROLE_TYPES, RunPlan
+
+logger = logging.getLogger(__name__)
+
+
+def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
+    desc = plan.descriptions
+    about = classifier.describe()
+    runtime = plan.runtime
+    return dict(
+        method=plan.config.method,
+        label_field=plan.label_field,
+        fields=dict(plan.fields),
+        classes=list(plan.classes),
+        num_classes=len(plan.classes),
+        class_fields=(
+            [plan.class_fields[c] for c in plan.classes] if plan.class_fields else None
+        ),
+        max_class_fields=plan.max_class_fields,
+        top_k=plan.top_k,
+        model_name=about["model_name"],
+        pretrained=None if about["pretrained"] is None else str(about["pretrained"]),
+        model_identity=about["model_identity"],
+        device=about["device"],
+        precision=about["precision"],
+        crop_mode=about["crop_mode"],
+        logit_scale=about["logit_scale"],
+        runtime=dict(
+            batch_size=runtime.batch_size,
+            num_workers=runtime.num_workers,
+            view_batch_size=runtime.view_batch_size,
+            text_batch_size=runtime.text_batch_size,
+        ),
+        descriptions=(
+            None
+            if desc is None
+            else dict(
+                source=str(desc.source),
+                format=desc.format,
+                sha256=desc.sha256,
+                provenance=desc.provenance,
+                report=desc.report.to_dict(),
+            )
+        ),
+        descriptions_sha256=None if desc is None else desc.sha256,
+        descriptions_kept=about["descriptions_kept"],
+        config=plan.config.to_dict(),
+        gt_field=plan.gt_field,
+        eval_key=plan.eval_key,
+        package_version=__version__,
+        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        status="running",
+        results={},
+    )
+
+
+def prepare_dataset(plan: RunPlan, params: dict) -> None:
+    """Apply ``overwrite`` removals, declare the fields, register the run."""
+    dataset = plan.dataset
+    for key in sorted(plan.delete_evals):
+        if dataset.has_evaluation(key):
+            dataset.delete_evaluation(key)
+    for key in sorted(plan.delete_runs):
+        if br.is_bifta_run(dataset, key):
+            br.delete_bifta_run(dataset, key, delete_fields=True)
+        elif dataset.has_run(key):
+            dataset.delete_run(key)
+    schema = dataset.get_field_schema()
+    for name in sorted(plan.delete_fields):
+        if name in schema:
+            dataset.delete_sample_field(name)
+    _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
+    br.register_bifta_run(dataset, plan.run_key, params, overwrite=True)
+
+
+def _declare_fields(dataset, fields: dict, class_fields: dict | None, config: BiftaConfig) -> None:
+    """Create the run's fields and attributes up front.
+
+    The batches are written as stored dicts without schema inference, so
+    every path they hold is declared here; it also gives the App its sidebar
+    filters from the start (one range slider per class under ``L_scores``).
+    """
+
+    def add(path, ftype, **kwargs):
+        if dataset.get_field(path) is None:
+            dataset.add_sample_field(path, ftype, **kwargs)
+
+    for role, name in fields.items():
+        if role == "error":
+            add(name, fof.StringField)
+        else:
+            add(name, fof.EmbeddedDocumentField, embedded_doc_type=ROLE_TYPES[role])
+    label = fields["label"]
+    add(f"{label}.margin", fof.FloatField)
+    add(f"{label}.score", fof.FloatField)
+    if config.protocol == "resample":
+        add(f"{label}.run_labels", fof.ListField, subfield=fof.StringField)
+    if "crops" in fields:
+        add(f"{fields['crops']}.detections.best", fof.BooleanField)
+        add(f"{fields['crops']}.detections.description", fof.StringField)
+    if class_fields:
+        for name in class_fields.values():
+            add(f"{fields['scores']}.{name}", fof.FloatField)
+
+
+def predict_and_write(
+    plan: RunPlan, classifier: BiftaClassifier, result: RunResult, progress
+) -> None:
+    todo = plan.samples
+    if plan.skip_existing:
+        label, error = plan.fields["label"], plan.fields["error"]
+        todo = todo.match((F(label) == None) & (F(error) == None))  # noqa: E711
+    ids, paths = todo.values(["id", "filepath"])
+    result.num_skipped = result.num_samples - len(ids)
+    if not ids:
+        return
+    to_docs = dict(
+        crops="crops" in plan.fields,
+        class_fields=plan.class_fields,
+        top_k=plan.top_k,
+    )
+    start = time.perf_counter()
+    batches = classifier.iter_predictions(paths, keys=paths)
+    try:
+        with fou.ProgressBar(total=len(ids), progress=progress) as pb:
+            for batch in batches:
+                batch_ids = [ids[p.index] for p in batch]
+                outputs = [bl.prediction_to_documents(p, plan.classes, **to_docs) for p in batch]
+                _write_batch(plan.dataset, plan.fields, batch_ids, outputs)
+                first_failure = _count(result, batch, batch_ids)
+                pb.update(len(batch))
+                if first_failure is not None and not plan.skip_failures:
+                    p = batch[first_failure]
+                    raise SampleFailedError(
+                        f"sample {batch_ids[first_failure]} ({paths[p.index]}) failed: "
+                        f"{p.error}. The {result.num_processed} predictions made so "
+                        "far are saved; rerun with skip_existing=True to resume.",
+                        batch_ids[first_failure],
+                        paths[p.index],
+                    )
+    finally:
+        batches.close()
+        seconds = time.perf_counter() - start
+        done = result.num_processed + result.num_failed
+        result.images_per_s = done / seconds if seconds > 0 else 0.0
+
+
+def _write_batch(dataset, fields: dict, ids: list, outputs: list) -> None:
+    """One bulk ``set_values`` per field for the whole batch.
+
+    The values are the stored form of the labels (:mod:`bifta_plugin.labels`
+    builds them, tests check they load back as FiftyOne labels), so
+    FiftyOne passes them through without building label objects; the
+    schema was declared by :func:`_declare_fields`.
+    """
+    for role, name in fields.items():
+        values = {sid: out[role] for sid, out in zip(ids, outputs)}
+        dataset.set_values(name, values, key_field="id", expand_schema=False, validate=False)
+
+
+def _count(result: RunResult, batch, ids) -> int | None:
+    """Update the counters; returns the index of the batch's first failure."""
+    first = None
+    for i, (p, sid) in enumerate(zip(batch, ids)):
+        if p.ok:
+            result.num_processed += 1
+            continue
+        result.num_failed += 1
+        if len(result.failures) < MAX_FAILURES_KEPT:
+            result.failures.append((sid, p.error))
+        if first is None:
+            first = i
+    return first
+
+
+def evaluate(plan: RunPlan, result: RunResult) -> None:
+    dataset, key = plan.dataset, plan.eval_key
+    label, gt = plan.fields["label"], plan.gt_field
+    view = plan.samples.exists(label).exists(gt)
+    if dataset.has_evaluation(key):
+        dataset.delete_evaluation(key)  # ours (checked up front): recompute
+    result.num_evaluated = len(view)
+    if result.num_evaluated == 0:
+        logger.warning("no sample has both %r and %r: nothing to evaluate", label, gt)
+        result.eval_key = None
+        return
+    results = view.evaluate_classifications(label, gt_field=gt, eval_key=key, progress=False)
+    result.accuracy = float(results.metrics()["accuracy"])
+    if plan.config.protocol == "resample":
+        run_labels = view.values(f"{label}.run_labels")
+        truth = view.values(f"{gt}.label")
+        per_run = _per_run_accuracy(run_labels, truth)
+        if per_run is not None:
+            result.accuracy_runs_mean = float(per_run.mean())
+            result.accuracy_runs_std = float(per_run.std(ddof=0))
+
+
+def _per_run_accuracy(run_labels: list, truth: list) -> np.ndarray | None:
+    """Accuracy of each run, np.ndarray[R], from per-sample run labels."""
+    rows = [(r, t) for r, t in zip(run_labels, truth) if r]
+    if not rows:
+        return None
+    num_runs = min(len(r) for r, _ in rows)
+    correct = np.array([[r[i] == t for i in range(num_runs)] for r, t in rows])  # [N, R]
+    return correct.mean(axis=0)
+
+
+def finish_run(
+    plan: RunPlan, result: RunResult, start: float, status: str, error: str | None = None
+) -> None:
+    result.elapsed_s = time.perf_counter() - start
+    summary = result.to_dict()
+    summary.pop("failures")
+    summary["num_failures_kept"] = len(result.failures)
+    if error is not None:
+        summary["error"] = error
+    try:
+        br.update_bifta_run(
+            plan.dataset, plan.run_key, status=status, eval_key=result.eval_key, results=summary
+        )
+    except Exception:  # never mask the run's own error
+        if status == "completed":
+            raise
+        logger.warning("could not record the status of run %r", plan.run_key, exc_info=True)
