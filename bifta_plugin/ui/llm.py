@@ -124,11 +124,11 @@ def endpoint_summary(params: dict, secrets, prefix: str = "") -> tuple[str, str 
         ``generate_descriptions``' own checks (a bad URL; no key for
         api.openai.com).
     """
-    from .. import generation  # stdlib HTTP only
+    from ..llm_client import resolve_endpoint  # stdlib HTTP only
 
     kwargs = generation_kwargs(params, prefix)
     try:
-        endpoint = generation.resolve_endpoint(
+        endpoint = resolve_endpoint(
             kwargs.get("base_url"), kwargs.get("model"), secrets=secrets
         )
     except ValueError as e:

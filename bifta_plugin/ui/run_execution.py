@@ -233,7 +233,7 @@ def generate_missing(request: RunRequest, secrets=None, progress=None) -> dict:
     Args:
         request: with ``generate`` set and ``kwargs["classes"]`` resolved.
         secrets: a plain mapping of endpoint secrets
-            (:func:`~bifta_plugin.generation.endpoint_secrets`).
+            (:func:`~bifta_plugin.llm_client.endpoint_secrets`).
         progress: ``progress(done, total)`` over the prompts.
 
     Returns:
@@ -289,10 +289,10 @@ def execute(ctx):
     resolve_field_classes(request, ctx.dataset)
     secrets = None
     if request.generate is not None:
-        from .. import generation
+        from ..llm_client import endpoint_secrets
 
         # read here: ctx.secrets resolves through the operator's context
-        secrets = generation.endpoint_secrets(ctx.secrets)
+        secrets = endpoint_secrets(ctx.secrets)
     if ctx.delegated:
         return _execute_delegated(ctx, request, secrets)
     return _execute_streaming(ctx, request, secrets)
