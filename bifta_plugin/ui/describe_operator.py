@@ -10,8 +10,9 @@ never a param and never part of the results.
 The output file is also a cache: classes already in it are not asked for
 again, so re-running after an interruption only fills in the rest.
 
-Like :mod:`.operators`, this module imports FiftyOne only; the generation
-module is imported inside ``execute``.
+Like :mod:`.operators`, this module imports FiftyOne only at import time;
+the generation modules (pure Python, no torch) are imported when the form
+shows its plan and in ``execute``.
 """
 
 from __future__ import annotations
