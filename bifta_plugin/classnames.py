@@ -3,7 +3,8 @@ LLM generation; pure Python (no torch), so forms can use them.
 
 - :func:`wordify`: the spelling of a class name in prompts;
 - :func:`dclip_sentence`: DCLIP's descriptor -> sentence rule;
-- :func:`validate_classes`: a user's class list, checked.
+- :func:`validate_classes`: a user's class list, checked;
+- :func:`preview`: the first few names of a list, for messages.
 """
 
 from __future__ import annotations
@@ -70,3 +71,12 @@ def validate_classes(classes) -> list[str]:
             "get identical class vectors and the later one can never win"
         )
     return classes
+
+
+def preview(items, limit: int = 8) -> str:
+    """``"a, b, c, ... (+N)"``: the first ``limit`` names of a list."""
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (
+        f", ... (+{len(items) - limit})" if len(items) > limit else ""
+    )

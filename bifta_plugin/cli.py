@@ -176,14 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write class descriptions with an OpenAI-compatible LLM "
         "(API key from BIFTA_LLM_API_KEY / OPENAI_API_KEY)",
     )
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument(
-        "--classes", nargs="+", metavar="CLASS", help="class names"
-    )
-    group.add_argument(
-        "--classes-file",
-        help="class list: .txt (one per line), JSON or YAML list",
-    )
+    _add_classes_args(p, required=True, field=False)
     p.add_argument(
         "--output", required=True, help="the .json file to write (also a cache)"
     )
@@ -195,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------
-def _add_classes_args(p, required: bool) -> None:
+def _add_classes_args(p, required: bool, field: bool = True) -> None:
+    """--classes / --classes-file (/ --classes-field: needs a dataset)."""
     group = p.add_mutually_exclusive_group(required=required)
     group.add_argument(
         "--classes", nargs="+", metavar="CLASS", help="class names"
@@ -204,9 +198,10 @@ def _add_classes_args(p, required: bool) -> None:
         "--classes-file",
         help="class list: .txt (one per line), JSON or YAML list",
     )
-    group.add_argument(
-        "--classes-field", help="use the labels of this Classification field"
-    )
+    if field:
+        group.add_argument(
+            "--classes-field", help="use the labels of this Classification field"
+        )
 
 
 def _add_llm_args(p, prefix: str = "") -> None:
@@ -434,32 +429,30 @@ def _classify(samples, args) -> int:
 
 def _generate_missing(samples, kwargs: dict, args) -> None:
     """Complete the --descriptions file with the LLM before the run."""
+    from .generation import (
+        check_generated_format,
+        classes_to_generate,
+        generate_before_run,
+    )
     from .run_checks import resolve_classes
-    from .generation import classes_to_generate, generate_descriptions
 
     if args.method not in DESCRIPTION_METHODS:
         _notice(f"method '{args.method}' uses no descriptions; nothing to generate")
         return
-    if args.descriptions_format not in ("auto", "cupl"):
-        raise CliError(
-            "generated descriptions are CuPL sentences: --generate-missing "
-            f"cannot extend a '{args.descriptions_format}' file"
-        )
+    check_generated_format(args.descriptions_format)  # before any output
     classes = resolve_classes(
         samples, kwargs.get("classes"), kwargs.get("classes_field")
     )
     todo = classes_to_generate(classes, args.descriptions)
     if todo:
         print(f"Generating descriptions for {len(todo)} of {len(classes)} classes")
-    result = generate_descriptions(classes, args.descriptions, **_llm_kwargs(args, "llm_"))
+    result = generate_before_run(
+        classes,
+        args.descriptions,
+        descriptions_format=args.descriptions_format,
+        **_llm_kwargs(args, "llm_"),
+    )
     print(result.summary())
-    missing = result.missing_classes()
-    if missing:
-        raise CliError(
-            f"the LLM gave no usable description for {len(missing)} "
-            f"class(es): {', '.join(missing[:10])}; run again to retry them "
-            "(nothing was classified)"
-        )
 
 
 def _run_kwargs(args) -> dict:

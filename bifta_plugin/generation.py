@@ -26,13 +26,12 @@ import logging
 import os
 import re
 import threading
-import urllib.parse
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .classnames import wordify
+from .classnames import preview, wordify
 from .descriptions import (
     DescriptionSet,
     _check_classes,
@@ -301,6 +300,51 @@ def classes_to_generate(classes: Sequence[str], output_path: str | os.PathLike) 
     return _classes_to_generate(unique, _read_cache(Path(output_path)))
 
 
+#: the formats a generated (CuPL sentences) descriptions file is read as
+GENERATED_FORMATS = ("auto", "cupl")
+
+
+def check_generated_format(descriptions_format: str) -> None:
+    """Raises ValueError unless a generated file can be read as this format."""
+    if descriptions_format not in GENERATED_FORMATS:
+        raise ValueError(
+            f"generated descriptions are CuPL sentences; descriptions_format "
+            f"{descriptions_format!r} cannot be generated (use 'auto' or 'cupl')"
+        )
+
+
+def generate_before_run(
+    classes: Sequence[str],
+    output_path: str | os.PathLike,
+    *,
+    descriptions_format: str = "auto",
+    **kwargs,
+) -> DescriptionSet:
+    """Complete ``output_path`` for a classification run that reads it next.
+
+    :func:`generate_descriptions` (same keywords) for the classes the file
+    lacks; then every class must have descriptions, so a run never starts
+    with a class it cannot score.
+
+    Raises:
+        ValueError: ``descriptions_format`` is not one a generated file can
+            be read as, or a class still has no description (the LLM's
+            replies cleaned to nothing: not saved, asked for again next
+            time); plus whatever :func:`generate_descriptions` raises.
+    """
+    check_generated_format(descriptions_format)
+    result = generate_descriptions(classes, output_path, **kwargs)
+    missing = result.missing_classes()
+    if missing:
+        raise ValueError(
+            f"the LLM gave no usable description for {len(missing)} "
+            f"class(es): {preview(missing)}. They were not saved to "
+            f"{output_path} and are asked for again on the next run "
+            "(or add them to the file by hand); nothing was classified"
+        )
+    return result
+
+
 def _run_record(endpoint: ChatEndpoint, settings: dict, generated: list[str]) -> dict:
     """One generation run, as persisted (no API key, by construction)."""
     return dict(
@@ -392,8 +436,9 @@ def generate_descriptions(
     Returns:
         The :class:`DescriptionSet` for ``classes``, with ``provenance``
         holding the settings of the run that wrote the file (base URL,
-        model, prompts, samples per prompt, temperature, date) and the
-        number of ``requests`` this call made.
+        model, prompts, samples per prompt, temperature, date), the
+        number of ``requests`` this call made and the
+        ``generated_classes`` it added to the file.
 
     Raises:
         ValueError: bad arguments, an output path that is not ``.json``, or
@@ -430,8 +475,7 @@ def generate_descriptions(
             len(unique) - len(todo), len(unique), path, len(todo),
             endpoint.model, endpoint.public_url,
         )
-        host = urllib.parse.urlsplit(endpoint.base_url).hostname
-        if not endpoint.api_key and host == "api.openai.com":
+        if endpoint.lacks_required_key:
             raise ValueError(
                 "no API key for api.openai.com: pass api_key or set "
                 "BIFTA_LLM_API_KEY / OPENAI_API_KEY"
@@ -444,7 +488,7 @@ def generate_descriptions(
         requests = sampler.requests
     else:
         logger.info("all %d classes already in %s; no request made", len(unique), path)
-    return _result(path, unique, endpoint, settings, requests)
+    return _result(path, unique, endpoint, settings, requests, todo)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -572,9 +616,15 @@ def _class_lines(name: str, replies: list[list[str]]) -> list[str]:
 
 
 def _result(
-    path: Path, classes: list[str], endpoint: ChatEndpoint, settings: dict, requests: int
+    path: Path,
+    classes: list[str],
+    endpoint: ChatEndpoint,
+    settings: dict,
+    requests: int,
+    todo: list[str],
 ) -> DescriptionSet:
-    """Load the output back for ``classes`` and attach the provenance."""
+    """Load the output back for ``classes`` and attach the provenance;
+    ``todo``: the classes this call asked for."""
     if path.exists():
         result = load_descriptions(path, classes, format="cupl")
     else:  # every class came back empty: nothing was written
@@ -594,6 +644,7 @@ def _result(
         sha256=result.sha256,
         **info,
         requests=requests,
+        generated_classes=[c for c in todo if c in result.descriptions],
         generation=generation,
     )
     return result

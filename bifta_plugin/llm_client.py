@@ -97,6 +97,13 @@ class ChatEndpoint:
     def url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    @property
+    def lacks_required_key(self) -> bool:
+        """No API key for api.openai.com, which always needs one (local
+        servers usually need none)."""
+        host = urllib.parse.urlsplit(self.base_url).hostname
+        return not self.api_key and host == "api.openai.com"
+
     def complete(
         self,
         messages: list[dict],

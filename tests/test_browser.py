@@ -217,7 +217,12 @@ def app_server(app_dataset, tmp_path_factory):
             ],
             # the key of the LLM test server, as a user would set it; it must
             # reach that server and never the server log (checked below)
-            env=dict(os.environ, BIFTA_LLM_API_KEY=BROWSER_API_KEY),
+            env=dict(
+                os.environ,
+                BIFTA_LLM_API_KEY=BROWSER_API_KEY,
+                NO_PROXY="127.0.0.1,localhost",  # the local LLM server
+                no_proxy="127.0.0.1,localhost",
+            ),
             cwd=str(log_dir),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from test_generation import FakeLLM, llm  # noqa: F401 (the server fixture)
+from test_generation import FakeLLM, clean_env, llm  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.fiftyone
 
@@ -20,17 +20,9 @@ API_KEY = "sk-test-" + "d3scr1be-secret-value"
 
 
 @pytest.fixture(autouse=True)
-def llm_env(monkeypatch):
-    for name in (
-        "BIFTA_LLM_BASE_URL",
-        "OPENAI_BASE_URL",
-        "BIFTA_LLM_MODEL",
-        "OPENAI_API_KEY",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def llm_env(clean_env, monkeypatch):
+    """test_generation's clean environment, plus the key as a user sets it."""
     monkeypatch.setenv("BIFTA_LLM_API_KEY", API_KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
 def _execute(dataset, params):

@@ -579,3 +579,26 @@ def test_api_key_never_leaks(llm, tmp_path, caplog):
     for where, text in places.items():
         assert key not in text, f"API key leaked into {where}"
     assert "api_key='***'" in repr(endpoint)
+
+
+def test_generate_before_run_reports_and_requires_every_class(llm, tmp_path):
+    from bifta_plugin.generation import generate_before_run
+
+    out = tmp_path / "run.json"
+    save_descriptions({"cat": ["a cat."]}, out)
+    kwargs = dict(base_url=llm.base_url, prompts=PROMPTS, samples_per_prompt=1, backoff_base=0.001)
+    with pytest.raises(ValueError, match="'dclip' cannot be generated"):
+        generate_before_run(["cat", "dog"], out, descriptions_format="dclip", **kwargs)
+    assert not llm.requests
+
+    result = generate_before_run(["cat", "dog"], out, **kwargs)
+    assert result.provenance["generated_classes"] == ["dog"]
+    assert len(llm.requests) == len(PROMPTS)
+
+    llm.reply = lambda payload, k: "**Sure!**"  # cleans to nothing
+    with pytest.raises(ValueError, match=r"no usable description for 1 class\(es\): owl"):
+        generate_before_run(["cat", "dog", "owl"], out, **kwargs)
+    assert set(json.loads(out.read_text())) == {"cat", "dog"}
+
+    again = generate_before_run(["cat", "dog"], out, **kwargs)
+    assert again.provenance["generated_classes"] == []

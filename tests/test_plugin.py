@@ -71,17 +71,23 @@ print(json.dumps({"uris": uris, "errors": registry.list_errors(), "heavy": heavy
 """
 
 
-def test_registration_imports_no_torch():
-    # a fresh interpreter with the test session's environment (plugins dir)
+def _fresh_interpreter_report(script: str, cwd=None) -> dict:
+    """Run ``script`` in a fresh interpreter with the test session's
+    environment (plugins dir, database); its last stdout line is JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH_SCRIPT],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=120,
         env=dict(os.environ),
+        cwd=cwd,
     )
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_registration_imports_no_torch():
+    report = _fresh_interpreter_report(_NO_TORCH_SCRIPT)
     assert report["errors"] == []
     assert f"{PLUGIN}/run_bifta" in report["uris"]
     assert (
@@ -106,15 +112,6 @@ print(json.dumps({"missing": loaded.missing_classes(), "todo": todo, "heavy": he
 def test_form_helpers_import_no_torch():
     """What the forms use on every change (description files, the generation
     plan) stays pure Python: no torch in the App server for a form."""
-    out = subprocess.run(
-        [sys.executable, "-c", _FORM_HELPERS_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-        cwd=REPO_ROOT,
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _fresh_interpreter_report(_FORM_HELPERS_SCRIPT, cwd=REPO_ROOT)
     assert report["missing"] == ["dog"] and report["todo"] == ["dog"]
     assert report["heavy"] == [], f"form helpers imported {report['heavy']}"

@@ -14,7 +14,7 @@ import logging
 
 import pytest
 
-from test_generation import FakeLLM, llm  # noqa: F401 (the server fixture)
+from test_generation import FakeLLM, clean_env, llm  # noqa: F401 (fixtures)
 from test_operators import (  # noqa: F401 (fixtures)
     CLASSES,
     URI,
@@ -31,12 +31,9 @@ API_KEY = "sk-test-" + "g3nerate-first-secret"
 
 
 @pytest.fixture(autouse=True)
-def llm_env(monkeypatch):
-    for name in ("BIFTA_LLM_BASE_URL", "OPENAI_BASE_URL", "BIFTA_LLM_MODEL", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
+def llm_env(clean_env, monkeypatch):
+    """test_generation's clean environment, plus the key as a user sets it."""
     monkeypatch.setenv("BIFTA_LLM_API_KEY", API_KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
 @pytest.fixture

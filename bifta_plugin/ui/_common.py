@@ -16,6 +16,9 @@ from typing import Any, Iterable, Mapping
 import fiftyone as fo
 import fiftyone.operators.types as types
 
+# re-exported for the forms: one way to list a few names in a message
+from ..classnames import preview  # noqa: F401
+
 #: the plugin icon (fiftyone.yml folder relative)
 ICON = "/assets/icon.svg"
 
@@ -196,15 +199,6 @@ def distinct_labels(collection, field: str) -> list[str]:
     """The distinct labels of a Classification field (one aggregation)."""
     return sorted(
         x for x in collection.distinct(f"{field}.label") if x is not None
-    )
-
-
-def preview(items, limit: int = 8) -> str:
-    """``"a, b, c, ... (+N)"``: the first ``limit`` names of a list."""
-    items = list(items)
-    shown = ", ".join(items[:limit])
-    return shown + (
-        f", ... (+{len(items) - limit})" if len(items) > limit else ""
     )
 
 

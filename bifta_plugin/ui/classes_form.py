@@ -16,7 +16,9 @@ CLASSES_SOURCES = {
 }
 
 
-def classes_inputs(ctx, inputs) -> bool:
+def classes_inputs(ctx, inputs) -> list[str] | None:
+    """The "Classes" inputs; returns the class names they give, or None
+    while they are not valid (the form then shows why)."""
     source = ctx.params.get("classes_source") or "list"
     ui.radio(
         inputs,
@@ -33,7 +35,7 @@ def classes_inputs(ctx, inputs) -> bool:
     return _classes_list_inputs(ctx, inputs)
 
 
-def _classes_list_inputs(ctx, inputs) -> bool:
+def _classes_list_inputs(ctx, inputs) -> list[str] | None:
     value = ctx.params.get("classes")
     kwargs = dict(
         label="Class names",
@@ -54,13 +56,13 @@ def _classes_list_inputs(ctx, inputs) -> bool:
     classes = split_classes(value)
     if value is not None and not classes:
         ui.set_invalid(prop, "Enter at least one class name")
-        return False
+        return None
     if len(set(classes)) < len(classes):
         ui.warning(inputs, "classes_dupes", "Some class names are repeated")
-    return bool(classes)
+    return classes or None
 
 
-def _classes_file_inputs(ctx, inputs) -> bool:
+def _classes_file_inputs(ctx, inputs) -> list[str] | None:
     prop = ui.path_input(
         ctx,
         inputs,
@@ -71,21 +73,21 @@ def _classes_file_inputs(ctx, inputs) -> bool:
     )
     path = ui.parse_path(ctx.params.get("classes_path"))
     if path is None:
-        return False
+        return None
     try:
         classes = ui.read_list_file(path)
     except (ValueError, OSError) as e:
         ui.set_invalid(prop, str(e))
-        return False
+        return None
     ui.notice(
         inputs,
         "classes_path_info",
         f"{len(classes)} classes: {ui.preview(classes)}",
     )
-    return True
+    return classes
 
 
-def _classes_field_inputs(ctx, inputs) -> bool:
+def _classes_field_inputs(ctx, inputs) -> list[str] | None:
     fields = ui.classification_fields(ctx.dataset)
     prop = ui.field_dropdown(
         inputs,
@@ -103,20 +105,20 @@ def _classes_field_inputs(ctx, inputs) -> bool:
             "choose a file instead",
         )
         ui.set_invalid(inputs.get_property("classes_source"), "No field")
-        return False
+        return None
     field = ctx.params.get("classes_field")
     if field not in fields:
-        return False
+        return None
     classes = ui.distinct_labels(ctx.dataset, field)
     if not classes:
         ui.set_invalid(prop, f"Field '{field}' has no labels")
-        return False
+        return None
     ui.notice(
         inputs,
         "classes_field_info",
         f"{len(classes)} classes: {ui.preview(classes)}",
     )
-    return True
+    return classes
 
 
 # ----------------------------------------------------------------------------

@@ -61,7 +61,6 @@ class GenerateDescriptions(foo.Operator):
 
         classes = resolve_classes(ctx.dataset, ctx.params)
         output_path = _output_path(ctx.params)
-        todo = generation.classes_to_generate(classes, output_path)
         progress = None
         if ctx.delegated:
             progress = Progress(
@@ -75,7 +74,7 @@ class GenerateDescriptions(foo.Operator):
             progress=progress,
             **llm.generation_kwargs(ctx.params),
         )
-        return llm.generation_results(result, output_path, todo)
+        return llm.generation_results(result)
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -92,17 +91,13 @@ class GenerateDescriptions(foo.Operator):
 # ----------------------------------------------------------------------------
 def _describe_inputs(ctx, inputs) -> bool:
     """Build the form; returns whether it is ready to execute."""
-    classes_ready = classes_inputs(ctx, inputs)
+    classes = classes_inputs(ctx, inputs)
     output = _output_inputs(ctx, inputs)
-    ready = classes_ready and output is not None
+    ready = classes is not None and output is not None
     ready &= llm.endpoint_inputs(ctx, inputs)
     ready &= llm.sampling_inputs(ctx, inputs)
     if ready:
         prop, path = output
-        try:
-            classes = resolve_classes(ctx.dataset, ctx.params)
-        except (ValueError, OSError):
-            return False  # the classes input shows the problem
         ready &= llm.plan_inputs(ctx, inputs, prop, path, classes)
     return ready
 

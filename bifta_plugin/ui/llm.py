@@ -135,8 +135,7 @@ def endpoint_summary(params: dict, secrets, prefix: str = "") -> tuple[str, str 
         return "an unusable endpoint", str(e)
     key = "API key set" if endpoint.api_key else "no API key"
     summary = f"`{endpoint.model}` at {endpoint.public_url} ({key})"
-    host = urllib.parse.urlsplit(endpoint.base_url).hostname
-    if not endpoint.api_key and host == "api.openai.com":
+    if endpoint.lacks_required_key:
         return summary, (
             "No API key for api.openai.com: set the BIFTA_LLM_API_KEY secret "
             "(or environment variable), or give the base URL of a local "
@@ -152,6 +151,8 @@ def plan_inputs(
     a malformed file marks ``path_prop`` invalid, an endpoint that cannot
     run (e.g. no key for api.openai.com) the base URL input. Never calls
     the LLM."""
+    from ..generation import classes_to_generate  # pure Python
+
     try:
         todo = classes_to_generate(classes, path)
     except (ValueError, OSError) as e:
@@ -178,36 +179,27 @@ def plan_inputs(
     return True
 
 
-def classes_to_generate(classes, path) -> list[str]:
-    """See :func:`bifta_plugin.generation.classes_to_generate`."""
-    from .. import generation  # stdlib HTTP only
-
-    return generation.classes_to_generate(classes, path)
-
-
 # ----------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------
-def generation_results(result, output_path, todo) -> dict:
+def generation_results(result) -> dict:
     """A generation's summary for operator results (JSON-able; no API key
     by construction).
 
     Args:
         result: the :class:`~bifta_plugin.descriptions.DescriptionSet` that
             ``generate_descriptions`` returned.
-        output_path: the file it completed.
-        todo: the classes it was to ask for (``classes_to_generate``).
     """
-    generated = [c for c in todo if c in result.descriptions]
+    provenance = result.provenance
     return dict(
-        output_path=str(output_path),
+        output_path=provenance.get("path"),
         classes=list(result.classes),
         num_descriptions=sum(len(v) for v in result.descriptions.values()),
-        generated_classes=generated,
+        generated_classes=list(provenance.get("generated_classes") or []),
         missing_classes=result.missing_classes(),
-        model=result.provenance.get("model"),
-        base_url=result.provenance.get("base_url"),
-        requests=result.provenance.get("requests"),
+        model=provenance.get("model"),
+        base_url=provenance.get("base_url"),
+        requests=provenance.get("requests"),
         summary=result.summary(),
     )
 

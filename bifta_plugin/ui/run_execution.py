@@ -25,7 +25,6 @@ from .classes_form import classes_kwargs, field_classes
 from .run_form import (
     CONFIG_OVERRIDES,
     FALLBACK_METHOD,
-    GENERATED_FORMATS,
     LLM_PREFIX,
     PASSTHROUGH,
     fallback_note,
@@ -115,12 +114,9 @@ def _generation_step(params: dict, path: str | None) -> GenerationStep:
     message = llm.json_path_error(path)
     if message:
         raise ValueError(message)
-    fmt = params.get("descriptions_format") or "auto"
-    if fmt not in GENERATED_FORMATS:
-        raise ValueError(
-            f"generated descriptions are CuPL sentences; descriptions_format "
-            f"{fmt!r} cannot be generated (use 'auto' or 'cupl')"
-        )
+    from ..generation import check_generated_format  # pure Python
+
+    check_generated_format(params.get("descriptions_format") or "auto")
     return GenerationStep(path, llm.generation_kwargs(params, LLM_PREFIX))
 
 
@@ -241,31 +237,22 @@ def generate_missing(request: RunRequest, secrets=None, progress=None) -> dict:
 
     Raises:
         ValueError: a class still has no description after generation (the
-            LLM's replies had no usable sentence); nothing was classified.
+            LLM's replies had no usable sentence); nothing was classified
+            (:func:`~bifta_plugin.generation.generate_before_run`).
         GenerationError: the endpoint failed; classes finished before it
             stay saved in the file.
     """
-    from .. import generation  # stdlib HTTP
+    from ..generation import generate_before_run  # stdlib HTTP
 
     step = request.generate
-    classes = request.kwargs["classes"]
-    todo = generation.classes_to_generate(classes, step.output_path)
-    result = generation.generate_descriptions(
-        classes,
+    result = generate_before_run(
+        request.kwargs["classes"],
         step.output_path,
         secrets=secrets,
         progress=progress,
         **step.settings,
     )
-    missing = result.missing_classes()
-    if missing:
-        raise ValueError(
-            f"the LLM gave no usable description for {len(missing)} "
-            f"class(es): {ui.preview(missing)}. They were not saved to "
-            f"{step.output_path} and are asked for again on the next run "
-            "(or add them to the file by hand); nothing was classified"
-        )
-    return llm.generation_results(result, step.output_path, todo)
+    return llm.generation_results(result)
 
 
 def _output(result, request: RunRequest) -> dict:

@@ -15,7 +15,7 @@ import fiftyone.operators.types as types
 from .. import config as bifta_config
 from . import _common as ui
 from . import llm
-from .classes_form import classes_inputs, resolve_classes
+from .classes_form import classes_inputs
 
 METHOD_LABELS = {
     "bifta": "BiFTA: crops + refined descriptions (recommended)",
@@ -26,8 +26,6 @@ METHOD_LABELS = {
 }
 FALLBACK_METHOD = "ensemble"
 DESCRIPTIONS_FORMATS = ("auto", "cupl", "dclip", "templates")
-#: the formats a generated (CuPL) descriptions file can be read as
-GENERATED_FORMATS = ("auto", "cupl")
 #: prefix of the LLM params in the run_bifta form (beside CLIP's model_name)
 LLM_PREFIX = "llm_"
 CROP_MODES = ("auto", "exact", "fast")
@@ -81,9 +79,10 @@ PASSTHROUGH = (
 def run_bifta_inputs(ctx, inputs) -> bool:
     """Build the form; returns whether it is ready to execute."""
     inputs.view_target(ctx, action_description="Classify")
-    ready = classes_inputs(ctx, inputs)
+    classes = classes_inputs(ctx, inputs)
+    ready = classes is not None
     method = _method_inputs(ctx, inputs)
-    ready &= _descriptions_inputs(ctx, inputs, method)
+    ready &= _descriptions_inputs(ctx, inputs, method, classes)
     ready &= _model_inputs(ctx, inputs)
     ready &= _label_field_inputs(ctx, inputs)
     ready &= _evaluation_inputs(ctx, inputs)
@@ -104,7 +103,8 @@ def _method_inputs(ctx, inputs) -> str:
     return method if method in METHOD_LABELS else "bifta"
 
 
-def _descriptions_inputs(ctx, inputs, method: str) -> bool:
+def _descriptions_inputs(ctx, inputs, method: str, classes) -> bool:
+    """``classes``: what the classes inputs give, None while invalid."""
     needs = method in bifta_config.DESCRIPTION_METHODS
     generate = needs and bool(ctx.params.get("generate_missing"))
     if needs:
@@ -135,7 +135,7 @@ def _descriptions_inputs(ctx, inputs, method: str) -> bool:
     )
     path = ui.parse_path(ctx.params.get("descriptions_path"))
     if generate:
-        return _generation_inputs(ctx, inputs, prop, path)
+        return _generation_inputs(ctx, inputs, prop, path, classes)
     if path is None:
         if needs:
             ui.notice(inputs, "descriptions_fallback", fallback_note(method))
@@ -161,15 +161,14 @@ def _descriptions_inputs(ctx, inputs, method: str) -> bool:
     )
     if not needs:
         return True
-    return _coverage_inputs(ctx, inputs, prop, path)
+    return _coverage_inputs(ctx, inputs, prop, path, classes)
 
 
-def _coverage_inputs(ctx, inputs, prop, path: str) -> bool:
+def _coverage_inputs(ctx, inputs, prop, path: str, classes) -> bool:
     """Load the file against the classes as the run will, and report the
     match (or mark the path invalid with the loader's message)."""
     from .. import descriptions  # pure Python + yaml; no torch
 
-    classes = _form_classes(ctx)
     if classes is None:
         return True  # the classes input reports its own problem
     fmt = ctx.params.get("descriptions_format") or "auto"
@@ -198,7 +197,7 @@ def _coverage_inputs(ctx, inputs, prop, path: str) -> bool:
     return True
 
 
-def _generation_inputs(ctx, inputs, prop, path: str | None) -> bool:
+def _generation_inputs(ctx, inputs, prop, path: str | None, classes) -> bool:
     """The generate-missing branch: the file to complete, the LLM settings
     (``llm_`` params), then what will be asked for. Problems mark a property
     invalid, which is what blocks execution."""
@@ -215,31 +214,20 @@ def _generation_inputs(ctx, inputs, prop, path: str | None) -> bool:
             prop, llm.json_path_error(path) or f"{path} is a directory"
         )
         ready = False
-    fmt = ctx.params.get("descriptions_format") or "auto"
-    if fmt not in GENERATED_FORMATS:
-        ui.set_invalid(
-            inputs.get_property("generate_missing"),
-            f"Generated descriptions are CuPL sentences: format '{fmt}' "
-            "cannot be generated (use auto or cupl)",
-        )
+    from ..generation import check_generated_format  # pure Python
+
+    try:
+        check_generated_format(ctx.params.get("descriptions_format") or "auto")
+    except ValueError as e:
+        ui.set_invalid(inputs.get_property("generate_missing"), str(e))
         ready = False
     ready &= llm.endpoint_inputs(ctx, inputs, prefix=LLM_PREFIX)
     ready &= llm.sampling_inputs(ctx, inputs, prefix=LLM_PREFIX)
-    classes = _form_classes(ctx)
     if ready and classes is not None:
         ready &= llm.plan_inputs(
             ctx, inputs, prop, path, classes, prefix=LLM_PREFIX, when="first"
         )
     return ready
-
-
-def _form_classes(ctx) -> list[str] | None:
-    """The run's classes as the operator resolves them, or None if the
-    classes input is not valid yet."""
-    try:
-        return resolve_classes(ctx.dataset, ctx.params)
-    except (ValueError, OSError):
-        return None
 
 
 def _model_inputs(ctx, inputs) -> bool:
