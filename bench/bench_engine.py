@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bifta_plugin.config import get_config, list_methods  # noqa: E402
-from bifta_plugin.encoders import create_encoder  # noqa: E402
-from bifta_plugin.pipeline import BiftaClassifier, RuntimeOptions  # noqa: E402
+from bifta_plugin.core.config import get_config, list_methods  # noqa: E402
+from bifta_plugin.engine.encoders import create_encoder  # noqa: E402
+from bifta_plugin.engine.pipeline import BiftaClassifier, RuntimeOptions  # noqa: E402
 
 SKIMAGE_PHOTOS = {
     "chelsea": "cat",

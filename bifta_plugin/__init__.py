@@ -3,7 +3,7 @@
 The core (config, boxes, scoring, text, views, pipeline, encoders) imports
 torch but never FiftyOne; the FiftyOne layer is imported lazily.
 ``import bifta_plugin`` imports neither: the names below resolve on first
-use (PEP 562), e.g. ``bifta_plugin.run_bifta`` imports :mod:`.api`.
+use (PEP 562), e.g. ``bifta_plugin.run_bifta`` imports :mod:`.sdk.run`.
 """
 
 import importlib
@@ -12,17 +12,17 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY = {
-    "run_bifta": "api",
-    "RunResult": "api",
-    "SampleFailedError": "api",
-    "resolve_descriptions": "api",
-    "BiftaModel": "model",
-    "list_bifta_runs": "runs",
-    "get_bifta_run_info": "runs",
-    "load_bifta_config": "runs",
-    "latest_bifta_run": "runs",
-    "delete_bifta_run": "runs",
-    "safe_field_names": "labels",
+    "run_bifta": "sdk.run",
+    "RunResult": "sdk.results",
+    "SampleFailedError": "sdk.results",
+    "resolve_descriptions": "sdk.plan",
+    "BiftaModel": "sdk.model",
+    "list_bifta_runs": "sdk.records",
+    "get_bifta_run_info": "sdk.records",
+    "load_bifta_config": "sdk.records",
+    "latest_bifta_run": "sdk.records",
+    "delete_bifta_run": "sdk.records",
+    "safe_field_names": "sdk.labels",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,6 +1,6 @@
 """``python -m bifta_plugin``: see :mod:`bifta_plugin.cli`."""
 
-from .cli import main
+from .cli.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

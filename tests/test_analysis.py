@@ -1,4 +1,4 @@
-"""bifta_plugin.analysis on a hand-built dataset with known confusions.
+"""bifta_plugin.sdk.analysis on a hand-built dataset with known confusions.
 
 No model runs here: predictions are written directly as fo.Classification
 labels (label, confidence, logits, margin attribute), as the field contract in
@@ -10,7 +10,7 @@ import pytest
 
 import fiftyone as fo
 
-from bifta_plugin import analysis as ba
+from bifta_plugin.sdk import analysis as ba
 
 pytestmark = pytest.mark.fiftyone
 
@@ -344,7 +344,7 @@ def test_fields_and_defaults(ds):
 
 
 def test_defaults_follow_the_latest_bifta_run(ds):
-    from bifta_plugin import runs
+    from bifta_plugin.sdk import records as runs
 
     ds.clone_sample_field("bifta", "bifta2")
     for key, field, stamp in (

@@ -10,8 +10,8 @@ import fiftyone as fo
 import fiftyone.core.sample as fos
 from fiftyone import ViewField as F
 
-from bifta_plugin import api, runs
-from bifta_plugin.labels import safe_field_names
+from bifta_plugin.sdk import run as api, records as runs
+from bifta_plugin.sdk.labels import safe_field_names
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -24,7 +24,7 @@ FAST = dict(num_candidates=8, max_views=8, num_workers=0, batch_size=2)
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_name):
-    from bifta_plugin.encoders import create_encoder
+    from bifta_plugin.engine.encoders import create_encoder
 
     return create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
 
@@ -402,7 +402,7 @@ def test_import_is_lazy():
 
 def test_lazy_names_resolve():
     import bifta_plugin
-    from bifta_plugin import model
+    from bifta_plugin.sdk import model
 
     assert bifta_plugin.run_bifta is api.run_bifta
     assert bifta_plugin.BiftaModel is model.BiftaModel

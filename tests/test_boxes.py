@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bifta_plugin import boxes as box_ops
+from bifta_plugin.core import boxes as box_ops
 
 
 def naive_iou(a, b):

@@ -27,8 +27,8 @@ import pytest
 
 import fiftyone as fo
 
-from bifta_plugin import analysis as ba
-from bifta_plugin import runs
+from bifta_plugin.sdk import analysis as ba
+from bifta_plugin.sdk import records as runs
 from test_analysis import CLASSES, _prediction
 from test_generation import FakeLLM, llm  # noqa: F401 (the LLM server fixture)
 
@@ -412,7 +412,7 @@ def test_run_form_generates_missing_descriptions_then_runs(
     settings and the plan; Execute (immediate, in the App server) generates
     the file with the local LLM server, then classifies. The API key (the
     server's environment) reaches the LLM and nothing else."""
-    from bifta_plugin import runs as bifta_runs
+    from bifta_plugin.sdk import records as bifta_runs
 
     base_url, timings, log_path = app_server
     ds = app_dataset

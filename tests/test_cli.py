@@ -1,6 +1,6 @@
 """``python -m bifta_plugin``: demo, classify, folder, runs, info, delete-run.
 
-Most commands run in-process through :func:`bifta_plugin.cli.main` (the
+Most commands run in-process through :func:`bifta_plugin.cli.commands.main` (the
 session's isolated FiftyOne database); one test runs the real module entry
 point in a subprocess. Models: the tiny test config (registered through the
 CLI's ``--model-config``), with random weights or a saved checkpoint standing
@@ -26,7 +26,7 @@ FAST = ["--num-candidates", "3", "--batch-size", "4"]
 
 
 def _main(argv, capsys):
-    from bifta_plugin.cli import main
+    from bifta_plugin.cli.commands import main
 
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -116,7 +116,7 @@ def test_demo_random_weights_end_to_end(capsys, tmp_path, dataset_name):
 def test_demo_with_local_checkpoint_has_no_notice(
     capsys, tmp_path, dataset_name, checkpoint
 ):
-    from bifta_plugin import runs
+    from bifta_plugin.sdk import records as runs
     import fiftyone as fo
 
     code, out, err = _main(
@@ -315,7 +315,7 @@ def test_classify_with_descriptions_and_config_settings(
     # the descriptions report and what refinement kept, before the summary
     assert f"Descriptions: 2/2 classes from {desc}" in out
     assert "Descriptions kept: all 2 (2 classes)." in out
-    from bifta_plugin import runs
+    from bifta_plugin.sdk import records as runs
 
     cfg = runs.get_bifta_run_info(ds, "bifta")["config"]
     assert cfg["method"] == "bifta" and cfg["iou_threshold"] is None

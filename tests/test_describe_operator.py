@@ -186,7 +186,7 @@ def test_operator_config_and_registry():
 
 
 def test_cli_describe(llm, tmp_path, capsys):
-    from bifta_plugin.cli import main
+    from bifta_plugin.cli.commands import main
 
     classes_file = tmp_path / "classes.txt"
     classes_file.write_text("# pets\ncat\ndog\n")
@@ -214,7 +214,7 @@ def test_cli_describe(llm, tmp_path, capsys):
 
 
 def test_cli_describe_has_no_api_key_flag(tmp_path, capsys):
-    from bifta_plugin.cli import main
+    from bifta_plugin.cli.commands import main
 
     with pytest.raises(SystemExit):
         main(["describe", "--classes", "cat", "--output", str(tmp_path / "x.json"),
@@ -223,7 +223,7 @@ def test_cli_describe_has_no_api_key_flag(tmp_path, capsys):
 
 
 def test_cli_describe_server_error_is_exit_2(llm, tmp_path, capsys):
-    from bifta_plugin.cli import main
+    from bifta_plugin.cli.commands import main
 
     llm.fail_when = lambda payload: dict(status=401, body={"error": {"message": "bad key"}})
     code = main(
@@ -236,7 +236,7 @@ def test_cli_describe_server_error_is_exit_2(llm, tmp_path, capsys):
 
 
 def test_cli_classify_generates_missing_first(llm, fo_dataset, sample_images, tiny_model_name, tmp_path, capsys):
-    from bifta_plugin.cli import main
+    from bifta_plugin.cli.commands import main
 
     ds = fo_dataset(sample_images[:2])
     path = tmp_path / "desc.json"
@@ -270,7 +270,7 @@ def test_cli_classify_generates_missing_first(llm, fo_dataset, sample_images, ti
 
 
 def test_cli_generate_missing_needs_a_descriptions_file(fo_dataset, capsys):
-    from bifta_plugin.cli import main
+    from bifta_plugin.cli.commands import main
 
     ds = fo_dataset()
     code = main(["classify", "--dataset", ds.name, "--classes", "cat",

@@ -1,4 +1,4 @@
-"""Loading, matching and saving class descriptions (bifta_plugin.descriptions)."""
+"""Loading, matching and saving class descriptions (bifta_plugin.descriptions.files)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bifta_plugin.descriptions import (
+from bifta_plugin.descriptions.files import (
     DescriptionSet,
     load_classes,
     load_descriptions,
@@ -17,7 +17,7 @@ from bifta_plugin.descriptions import (
     save_descriptions,
     sidecar_path,
 )
-from bifta_plugin.text import dclip_sentence
+from bifta_plugin.core.text import dclip_sentence
 
 SHARED = Path("/work/shared/descriptions")
 
@@ -415,7 +415,7 @@ def test_real_files(dataset, classes, texts, duplicates):
 
 
 def test_refinement_summary_reports_what_the_threshold_did():
-    from bifta_plugin.descriptions import refinement_summary
+    from bifta_plugin.descriptions.files import refinement_summary
 
     kept = [
         dict(label="Tabby Cat", candidates=50, kept=3),

@@ -1,4 +1,4 @@
-"""Tests for bifta_plugin.encoders: tiny open_clip config, CPU, offline."""
+"""Tests for bifta_plugin.engine.encoders: tiny open_clip config, CPU, offline."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bifta_plugin import encoders
-from bifta_plugin.encoders import (
+from bifta_plugin.engine import encoders
+from bifta_plugin.engine.encoders import (
     ClipEncoder,
     create_encoder,
     resolve_device,
@@ -374,7 +374,7 @@ def test_from_open_clip(tiny_name, checkpoint):
 @pytest.mark.slow  # a fresh interpreter imports torch: about 5 s
 def test_import_is_cheap():
     code = (
-        "import sys, bifta_plugin.encoders; "
+        "import sys, bifta_plugin.engine.encoders; "
         "print('open_clip' in sys.modules, 'torchvision' in sys.modules)"
     )
     out = subprocess.run(

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bifta_plugin.descriptions import load_descriptions, save_descriptions, sidecar_path
-from bifta_plugin.generation import (
+from bifta_plugin.descriptions.files import load_descriptions, save_descriptions, sidecar_path
+from bifta_plugin.descriptions.generation import (
     DEFAULT_PROMPTS,
     AuthenticationError,
     GenerationError,
@@ -582,7 +582,7 @@ def test_api_key_never_leaks(llm, tmp_path, caplog):
 
 
 def test_generate_before_run_reports_and_requires_every_class(llm, tmp_path):
-    from bifta_plugin.generation import generate_before_run
+    from bifta_plugin.descriptions.generation import generate_before_run
 
     out = tmp_path / "run.json"
     save_descriptions({"cat": ["a cat."]}, out)

@@ -5,8 +5,8 @@ import pytest
 
 import fiftyone as fo
 
-from bifta_plugin import labels as bl
-from bifta_plugin.pipeline import ImagePrediction
+from bifta_plugin.sdk import labels as bl
+from bifta_plugin.engine.pipeline import ImagePrediction
 
 CLASSES = ["cat", "dog", "car"]
 

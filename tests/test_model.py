@@ -6,8 +6,8 @@ import pytest
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from bifta_plugin import api
-from bifta_plugin.model import BiftaModel
+from bifta_plugin.sdk import run as api
+from bifta_plugin.sdk.model import BiftaModel
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -20,7 +20,7 @@ FAST = dict(num_candidates=8, max_views=8)
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_name):
-    from bifta_plugin.encoders import create_encoder
+    from bifta_plugin.engine.encoders import create_encoder
 
     return create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
 

@@ -16,7 +16,7 @@ import fiftyone.operators as foo
 from fiftyone import ViewField as F
 from fiftyone.operators.executor import Executor
 
-from bifta_plugin import analysis as ba
+from bifta_plugin.sdk import analysis as ba
 from bifta_plugin.ui import panels as bp
 from test_analysis import CLASSES, build_dataset
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bifta_plugin import views
-from bifta_plugin.config import get_config, list_methods
-from bifta_plugin.encoders import create_encoder
-from bifta_plugin.pipeline import BiftaClassifier, RuntimeOptions
+from bifta_plugin.core import crops as views
+from bifta_plugin.core.config import get_config, list_methods
+from bifta_plugin.engine.encoders import create_encoder
+from bifta_plugin.engine.pipeline import BiftaClassifier, RuntimeOptions
 
 CLASSES = ["cat", "astronaut", "coffee", "rocket", "motorcycle", "horse", "camera", "coins"]
 # Small crop counts keep the suite fast; the geometry is tested at full size

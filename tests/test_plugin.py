@@ -97,7 +97,7 @@ def test_registration_imports_no_torch():
 
 _FORM_HELPERS_SCRIPT = r"""
 import json, sys, tempfile, os
-from bifta_plugin import descriptions, generation
+from bifta_plugin.descriptions import files as descriptions, generation
 from bifta_plugin.ui import llm, run_form, run_execution, describe_operator
 path = os.path.join(tempfile.mkdtemp(), "d.json")
 with open(path, "w") as f:

@@ -112,7 +112,7 @@ def test_generates_missing_classes_then_classifies(
     )
 
     # the run records the generated file's provenance
-    from bifta_plugin import runs
+    from bifta_plugin.sdk import records as runs
 
     info = runs.get_bifta_run_info(dataset, "gen")
     desc = info["descriptions"]

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from bifta_plugin import __version__, api, runs
-from bifta_plugin.config import get_config
+from bifta_plugin import __version__
+from bifta_plugin.sdk import run as api, records as runs
+from bifta_plugin.core.config import get_config
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -18,7 +19,7 @@ FAST = dict(num_candidates=8, max_views=8, num_workers=0)
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_name):
-    from bifta_plugin.encoders import create_encoder
+    from bifta_plugin.engine.encoders import create_encoder
 
     return create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
 

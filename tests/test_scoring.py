@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bifta_plugin import scoring
+from bifta_plugin.core import scoring
 
 
 def unit(*shape, seed=0):

@@ -17,7 +17,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 
 # re-exported for the forms: one way to list a few names in a message
-from ..classnames import preview  # noqa: F401
+from ..core.classnames import preview  # noqa: F401
 
 #: the plugin icon (fiftyone.yml folder relative)
 ICON = "/assets/icon.svg"
@@ -204,7 +204,7 @@ def distinct_labels(collection, field: str) -> list[str]:
 
 def bifta_label_fields(dataset) -> dict[str, str]:
     """``{label_field: run_key}`` of the BiFTA runs on ``dataset``."""
-    from .. import runs
+    from ..sdk import records as runs
 
     out = {}
     for run_key in runs.list_bifta_runs(dataset):
@@ -215,7 +215,7 @@ def bifta_label_fields(dataset) -> dict[str, str]:
 
 def bifta_run_fields(dataset, run_key: str) -> list[str]:
     """The existing fields that BiFTA run ``run_key`` wrote."""
-    from .. import runs
+    from ..sdk import records as runs
 
     info = runs.get_bifta_run_info(dataset, run_key)
     schema = dataset.get_field_schema()

@@ -57,7 +57,7 @@ class GenerateDescriptions(foo.Operator):
         return f"BiFTA descriptions -> {path}"
 
     def execute(self, ctx):
-        from .. import generation  # stdlib HTTP; kept out of registration
+        from ..descriptions import generation  # stdlib HTTP; kept out of registration
 
         classes = resolve_classes(ctx.dataset, ctx.params)
         output_path = _output_path(ctx.params)

@@ -124,7 +124,7 @@ def endpoint_summary(params: dict, secrets, prefix: str = "") -> tuple[str, str 
         ``generate_descriptions``' own checks (a bad URL; no key for
         api.openai.com).
     """
-    from ..llm_client import resolve_endpoint  # stdlib HTTP only
+    from ..descriptions.llm_client import resolve_endpoint  # stdlib HTTP only
 
     kwargs = generation_kwargs(params, prefix)
     try:
@@ -151,7 +151,7 @@ def plan_inputs(
     a malformed file marks ``path_prop`` invalid, an endpoint that cannot
     run (e.g. no key for api.openai.com) the base URL input. Never calls
     the LLM."""
-    from ..generation import classes_to_generate  # pure Python
+    from ..descriptions.generation import classes_to_generate  # pure Python
 
     try:
         todo = classes_to_generate(classes, path)

@@ -233,7 +233,7 @@ class RunBifta(foo.Operator):
 # ============================================================================
 def _run_key_input(ctx, inputs, action: str) -> str | None:
     """A dropdown of the dataset's BiFTA runs; returns the chosen key."""
-    from .. import runs
+    from ..sdk import records as runs
 
     run_keys = list(runs.list_bifta_runs(ctx.dataset))
     if not run_keys:
@@ -272,7 +272,7 @@ class GetBiftaRunInfo(foo.Operator):
         return types.Property(inputs, view=types.View(label="BiFTA run info"))
 
     def execute(self, ctx):
-        from .. import runs
+        from ..sdk import records as runs
 
         run_key = ctx.params["run_key"]
         info = runs.get_bifta_run_info(ctx.dataset, run_key)
@@ -316,7 +316,7 @@ class DeleteBiftaRun(foo.Operator):
         )
 
     def execute(self, ctx):
-        from .. import runs
+        from ..sdk import records as runs
 
         run_key = ctx.params["run_key"]
         deleted = runs.delete_bifta_run(

@@ -32,7 +32,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 import fiftyone.server.view as fosv
 
-from .. import analysis
+from ..sdk import analysis
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import fiftyone.operators.types as types
 
-from .. import config as bifta_config
+from ..core import config as bifta_config
 from . import _common as ui
 from . import llm
 from .classes_form import classes_kwargs, field_classes
@@ -114,7 +114,7 @@ def _generation_step(params: dict, path: str | None) -> GenerationStep:
     message = llm.json_path_error(path)
     if message:
         raise ValueError(message)
-    from ..generation import check_generated_format  # pure Python
+    from ..descriptions.generation import check_generated_format  # pure Python
 
     check_generated_format(params.get("descriptions_format") or "auto")
     return GenerationStep(path, llm.generation_kwargs(params, LLM_PREFIX))
@@ -215,7 +215,7 @@ def _call_run_bifta(
     if request.generate is not None:
         generated = generate_missing(request, secrets, generation_progress)
 
-    from .. import api  # the engine: torch, open_clip
+    from ..sdk import run as api  # the engine: torch, open_clip
 
     result = api.run_bifta(samples, progress=progress, **request.kwargs)
     out = _output(result, request)
@@ -242,7 +242,7 @@ def generate_missing(request: RunRequest, secrets=None, progress=None) -> dict:
         GenerationError: the endpoint failed; classes finished before it
             stay saved in the file.
     """
-    from ..generation import generate_before_run  # stdlib HTTP
+    from ..descriptions.generation import generate_before_run  # stdlib HTTP
 
     step = request.generate
     result = generate_before_run(
@@ -276,7 +276,7 @@ def execute(ctx):
     resolve_field_classes(request, ctx.dataset)
     secrets = None
     if request.generate is not None:
-        from ..llm_client import endpoint_secrets
+        from ..descriptions.llm_client import endpoint_secrets
 
         # read here: ctx.secrets resolves through the operator's context
         secrets = endpoint_secrets(ctx.secrets)
@@ -374,7 +374,7 @@ def summary_markdown(results: dict) -> str:
             f"- **Accuracy: {100 * results['accuracy']:.1f}%**{suffix}"
         )
     if results.get("descriptions_kept"):
-        from ..descriptions import refinement_summary  # pure Python
+        from ..descriptions.files import refinement_summary  # pure Python
 
         line = refinement_summary(results["descriptions_kept"])
         lines.append(f"- {line[0].upper() + line[1:]}")

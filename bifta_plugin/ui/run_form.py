@@ -12,7 +12,7 @@ import os
 
 import fiftyone.operators.types as types
 
-from .. import config as bifta_config
+from ..core import config as bifta_config
 from . import _common as ui
 from . import llm
 from .classes_form import classes_inputs
@@ -167,7 +167,7 @@ def _descriptions_inputs(ctx, inputs, method: str, classes) -> bool:
 def _coverage_inputs(ctx, inputs, prop, path: str, classes) -> bool:
     """Load the file against the classes as the run will, and report the
     match (or mark the path invalid with the loader's message)."""
-    from .. import descriptions  # pure Python + yaml; no torch
+    from ..descriptions import files as descriptions  # pure Python + yaml; no torch
 
     if classes is None:
         return True  # the classes input reports its own problem
@@ -214,7 +214,7 @@ def _generation_inputs(ctx, inputs, prop, path: str | None, classes) -> bool:
             prop, llm.json_path_error(path) or f"{path} is a directory"
         )
         ready = False
-    from ..generation import check_generated_format  # pure Python
+    from ..descriptions.generation import check_generated_format  # pure Python
 
     try:
         check_generated_format(ctx.params.get("descriptions_format") or "auto")

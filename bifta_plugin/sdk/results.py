@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .descriptions import refinement_summary
+from ..descriptions.files import refinement_summary
 
 #: failures kept in :attr:`RunResult.failures` (all are counted)
 MAX_FAILURES_KEPT = 100

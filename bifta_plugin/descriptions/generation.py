@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .classnames import preview, wordify
-from .descriptions import (
+from ..core.classnames import preview, wordify
+from .files import (
     DescriptionSet,
     _check_classes,
     _check_template,

@@ -14,13 +14,13 @@ import fiftyone.core.fields as fof
 import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
-from . import __version__
+from .. import __version__
 from . import labels as bl
-from . import runs as br
-from .config import BiftaConfig
-from .pipeline import BiftaClassifier
+from . import records as br
+from ..core.config import BiftaConfig
+from ..engine.pipeline import BiftaClassifier
 from .results import MAX_FAILURES_KEPT, RunResult, SampleFailedError
-from .run_checks import ROLE_TYPES, RunPlan
+from .plan import ROLE_TYPES, RunPlan
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import json
 import logging
 from typing import Any
 
-from .config import BiftaConfig, config_from_dict
+from ..core.config import BiftaConfig, config_from_dict
 
 logger = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ import numpy as np
 import fiftyone.core.models as fom
 
 from . import labels as bl
-from .classnames import validate_classes
-from .config import get_config
-from .pipeline import BiftaClassifier, RuntimeOptions
-from .run_checks import resolve_descriptions
+from ..core.classnames import validate_classes
+from ..core.config import get_config
+from ..engine.pipeline import BiftaClassifier, RuntimeOptions
+from .plan import resolve_descriptions
 
 
 class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
@@ -97,7 +97,7 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         classes = validate_classes(classes)
         descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
         if encoder is None:
-            from .encoders import create_encoder
+            from ..engine.encoders import create_encoder
 
             encoder = create_encoder(
                 model_name, pretrained, device=device, precision=precision, cache_dir=cache_dir

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import yaml
 
-from .classnames import dclip_sentence, validate_classes, wordify
+from ..core.classnames import dclip_sentence, validate_classes, wordify
 
 logger = logging.getLogger(__name__)
 

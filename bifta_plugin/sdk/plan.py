@@ -20,11 +20,11 @@ import fiftyone.core.media as fomm
 from fiftyone.core.odm.embedded_document import DynamicEmbeddedDocument
 
 from . import labels as bl
-from . import runs as br
-from .classnames import validate_classes
-from .config import BiftaConfig, get_config
-from .descriptions import DescriptionSet, load_descriptions
-from .pipeline import RuntimeOptions
+from . import records as br
+from ..core.classnames import validate_classes
+from ..core.config import BiftaConfig, get_config
+from ..descriptions.files import DescriptionSet, load_descriptions
+from ..engine.pipeline import RuntimeOptions
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import boxes as box_ops
-from . import scoring, views
-from .config import BiftaConfig, get_config
-from .text import TextSide, build_text_side, validate_classes
+from ..core import boxes as box_ops
+from ..core import crops, scoring
+from ..core.config import BiftaConfig, get_config
+from ..core.text import TextSide, build_text_side, validate_classes
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ class RuntimeOptions:
             not isinstance(self.num_workers, int) or self.num_workers < 0
         ):
             raise ValueError(f"num_workers must be an integer >= 0; got {self.num_workers!r}")
-        if self.crop_mode not in views.CROP_MODES:
+        if self.crop_mode not in crops.CROP_MODES:
             raise ValueError(
-                f"crop_mode must be one of {list(views.CROP_MODES)}; got {self.crop_mode!r}"
+                f"crop_mode must be one of {list(crops.CROP_MODES)}; got {self.crop_mode!r}"
             )
 
 
@@ -233,11 +233,11 @@ class BiftaClassifier:
         self.encoder = encoder
         self.device = torch.device(encoder.device)
         self.crop_mode = resolve_crop_mode(self.runtime.crop_mode, self.device)
-        self.plan = views.split_preprocess(
+        self.plan = crops.split_preprocess(
             encoder.preprocess, encoder.preprocess_cfg.get("resize_mode", "shortest")
         )
         if self.crop_mode == "fast":
-            views.global_view_box(2, 1, self.plan.resize_mode)  # fail early if unsupported
+            crops.global_view_box(2, 1, self.plan.resize_mode)  # fail early if unsupported
         self.text: TextSide = build_text_side(
             self.config,
             self.classes,
@@ -274,13 +274,13 @@ class BiftaClassifier:
         boxes = self.crop_boxes(width, height, key)
         item = _Item(index, key, width, height, boxes=boxes)
         if self.crop_mode == "exact":
-            item.pixels = views.exact_view_pixels(image, boxes, self.plan)
+            item.pixels = crops.exact_view_pixels(image, boxes, self.plan)
         else:
             min_fraction = self.config.min_scale if self.config.uses_crops else 1.0
-            item.source, (sx, sy) = views.fast_source(image, self.plan.size, min_fraction)
+            item.source, (sx, sy) = crops.fast_source(image, self.plan.size, min_fraction)
             all_boxes = torch.cat(
                 [
-                    torch.tensor([views.global_view_box(width, height, self.plan.resize_mode)]),
+                    torch.tensor([crops.global_view_box(width, height, self.plan.resize_mode)]),
                     boxes.to(torch.float64),
                 ]
             )
@@ -291,9 +291,9 @@ class BiftaClassifier:
         """Tensor[1 + K, 3, S, S] normalised views of one image, on the device."""
         if item.pixels is not None:
             pixels = torch.from_numpy(item.pixels).to(self.device)
-            return views.normalize_pixels(pixels, self.plan.mean, self.plan.std)
+            return crops.normalize_pixels(pixels, self.plan.mean, self.plan.std)
         source = torch.from_numpy(item.source).to(self.device)
-        return views.fast_views(source, item.view_boxes, self.plan)
+        return crops.fast_views(source, item.view_boxes, self.plan)
 
     # ------------------------------------------------------------------
     # encoding and scoring

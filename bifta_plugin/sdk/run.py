@@ -38,11 +38,11 @@ import logging
 import time
 from typing import Sequence
 
-from . import run_writing as rw
-from .descriptions import DescriptionSet
-from .pipeline import BiftaClassifier
+from . import writing as rw
+from ..descriptions.files import DescriptionSet
+from ..engine.pipeline import BiftaClassifier
 from .results import MAX_FAILURES_KEPT, RunResult, SampleFailedError  # noqa: F401 (public)
-from .run_checks import (  # noqa: F401 (resolve_* are public)
+from .plan import (  # noqa: F401 (resolve_* are public)
     check_existing,
     check_run_identity,
     make_plan,
@@ -168,7 +168,7 @@ def run_bifta(
     check_existing(plan)
 
     if encoder is None:
-        from .encoders import create_encoder
+        from ..engine.encoders import create_encoder
 
         encoder = create_encoder(
             model_name, pretrained, device=device, precision=precision, cache_dir=cache_dir

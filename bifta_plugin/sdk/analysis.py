@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from fiftyone import ViewField as F
 
-from . import runs as bruns
+from . import records as bruns
 
 logger = logging.getLogger(__name__)
 

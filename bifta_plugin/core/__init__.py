@@ -1,0 +1,1 @@
+"""Pure math of the method: torch only, no I/O, no FiftyOne/open_clip."""

@@ -1,0 +1,1 @@
+"""Class descriptions: files, LLM generation, the HTTP client (torch-free)."""

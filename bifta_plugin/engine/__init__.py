@@ -1,0 +1,1 @@
+"""The engine: open_clip glue, text-embedding cache, batched pipeline."""
