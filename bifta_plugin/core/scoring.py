@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -230,19 +229,6 @@ def gather_views(
     )
     sims = torch.gather(crop_global_sims, 1, indices)
     return emb, sims
-
-
-def resample_indices(
-    num_valid: int, num_draws: int, generator: np.random.Generator
-) -> Tensor:
-    """``num_draws`` indices drawn uniformly with replacement from ``[0, num_valid)``.
-
-    Returns:
-        Tensor[num_draws] int64.
-    """
-    return torch.from_numpy(
-        generator.integers(0, num_valid, size=num_draws).astype(np.int64)
-    )
 
 
 def top2_margin(values: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ Plain functions over a FiftyOne sample collection; no App code. The panels in
 ``bifta_plugin/ui/panels.py`` only route events to these functions, and SDK
 users can call them directly::
 
-    import bifta_plugin.analysis as ba
+    import bifta_plugin.sdk.analysis as ba
 
     report = ba.build_report(dataset, "bifta", "ground_truth", top_n=20)
     print(report.summary.accuracy, report.matrix.classes)
@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from fiftyone import ViewField as F
 
-from . import records as bruns
+from .records import RunRecords
 
 logger = logging.getLogger(__name__)
 
@@ -562,13 +562,6 @@ def classification_fields(dataset) -> list[str]:
     return sorted(schema)
 
 
-def _bifta_runs(dataset) -> list[dict]:
-    """Run info dicts (:func:`runs.get_bifta_run_info`) of the dataset's
-    BiFTA runs, newest first."""
-    keys = bruns.list_bifta_runs(dataset)
-    return [bruns.get_bifta_run_info(dataset, k) for k in reversed(keys)]
-
-
 def _run_field(info: dict, role: str = "label") -> str | None:
     fields = info.get("fields") or {}
     if role == "label":
@@ -576,26 +569,34 @@ def _run_field(info: dict, role: str = "label") -> str | None:
     return fields.get(role)
 
 
-def _run_for_field(dataset, pred_field: str) -> dict | None:
+def _records(dataset, records: RunRecords | None) -> RunRecords:
+    return RunRecords.load(dataset) if records is None else records
+
+
+def _run_for_field(records: RunRecords, pred_field: str) -> dict | None:
     """The newest BiFTA run that wrote ``pred_field`` as its label field."""
     return next(
-        (i for i in _bifta_runs(dataset) if _run_field(i) == pred_field),
+        (i for i in reversed(records.infos()) if _run_field(i) == pred_field),
         None,
     )
 
 
-def default_prediction_field(dataset) -> str | None:
+def default_prediction_field(
+    dataset, records: RunRecords | None = None
+) -> str | None:
     """The prediction field to show first.
 
-    The label field of the latest BiFTA run (:func:`runs.latest_bifta_run`)
-    when it still exists; else the newest classification evaluation's
-    ``pred_field``; else the first ``fo.Classification`` field with
-    confidences; else the first one; None when there is none.
+    The label field of the latest BiFTA run when it still exists; else the
+    newest classification evaluation's ``pred_field``; else the first
+    ``fo.Classification`` field with confidences; else the first one; None
+    when there is none. ``records`` (default: loaded here) is the dataset's
+    :class:`~bifta_plugin.sdk.records.RunRecords` snapshot.
     """
+    records = _records(dataset, records)
     fields = classification_fields(dataset)
-    latest = bruns.latest_bifta_run(dataset)
+    latest = records.latest()
     if latest is not None:
-        field = _run_field(bruns.get_bifta_run_info(dataset, latest))
+        field = _run_field(records.info(latest))
         if field in fields:
             return field
     for key in reversed(dataset.list_evaluations()):
@@ -610,12 +611,18 @@ def default_prediction_field(dataset) -> str | None:
     return fields[0] if fields else None
 
 
-def default_gt_field(dataset, pred_field: str | None) -> str | None:
+def default_gt_field(
+    dataset, pred_field: str | None, records: RunRecords | None = None
+) -> str | None:
     """A ground-truth field for ``pred_field``: the ``gt_field`` of its BiFTA
     run or of a classification evaluation of it, else ``ground_truth``, else
     the first other ``fo.Classification`` field; None when there is none."""
     fields = [f for f in classification_fields(dataset) if f != pred_field]
-    run = _run_for_field(dataset, pred_field) if pred_field else None
+    run = (
+        _run_for_field(_records(dataset, records), pred_field)
+        if pred_field
+        else None
+    )
     if run is not None and run.get("gt_field") in fields:
         return run["gt_field"]
     for key in reversed(dataset.list_evaluations()):
@@ -630,11 +637,13 @@ def default_gt_field(dataset, pred_field: str | None) -> str | None:
     return fields[0] if fields else None
 
 
-def get_run_classes(dataset, pred_field: str) -> list[str] | None:
+def get_run_classes(
+    dataset, pred_field: str, records: RunRecords | None = None
+) -> list[str] | None:
     """The class list (logit order) of the BiFTA run that wrote
     ``pred_field``, else ``dataset.classes[pred_field]``, else
     ``dataset.default_classes``; None when none is known."""
-    run = _run_for_field(dataset, pred_field)
+    run = _run_for_field(_records(dataset, records), pred_field)
     if run is not None and run.get("classes"):
         return [str(c) for c in run["classes"]]
     if dataset.classes.get(pred_field):
@@ -642,12 +651,51 @@ def get_run_classes(dataset, pred_field: str) -> list[str] | None:
     return list(dataset.default_classes) or None
 
 
-def get_crops_field(dataset, pred_field: str) -> str:
+def get_crops_field(
+    dataset, pred_field: str, records: RunRecords | None = None
+) -> str:
     """The crops field of ``pred_field``: as recorded by its BiFTA run, else
     ``f"{pred_field}_crops"`` (the field contract)."""
-    run = _run_for_field(dataset, pred_field)
+    run = _run_for_field(_records(dataset, records), pred_field)
     field = _run_field(run, "crops") if run is not None else None
     return field or f"{pred_field}_crops"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionFields:
+    """Everything needed to read one prediction field, resolved once.
+
+    ``gt_field`` is None when no ground-truth field is known; ``classes`` is
+    the run's class list in logit order (None when unknown). The dict form
+    (``dataclasses.asdict``) is JSON-friendly, so a panel can keep it in its
+    state and rebuild it with ``PredictionFields(**d)``.
+    """
+
+    pred_field: str
+    gt_field: str | None
+    crops_field: str
+    classes: list[str] | None
+
+
+def resolve_prediction_fields(
+    dataset, pred_field: str | None = None, records: RunRecords | None = None
+) -> PredictionFields | None:
+    """The :class:`PredictionFields` of ``pred_field`` (default:
+    :func:`default_prediction_field`), from one run-records snapshot.
+
+    Returns None when the dataset has no prediction field to show.
+    """
+    records = _records(dataset, records)
+    if pred_field is None:
+        pred_field = default_prediction_field(dataset, records)
+    if pred_field is None:
+        return None
+    return PredictionFields(
+        pred_field=pred_field,
+        gt_field=default_gt_field(dataset, pred_field, records),
+        crops_field=get_crops_field(dataset, pred_field, records),
+        classes=get_run_classes(dataset, pred_field, records),
+    )
 
 
 # --- per-sample explanation --------------------------------------------------

@@ -1,7 +1,7 @@
 """BiFTA runs on a dataset: register, list, inspect, delete.
 
 A run is a FiftyOne custom run (``dataset.register_run``) whose config holds
-the full provenance of one :func:`bifta_plugin.api.run_bifta` call. FiftyOne's
+the full provenance of one :func:`bifta_plugin.sdk.run.run_bifta` call. FiftyOne's
 ``RunConfig.type`` is a read-only property (always ``"run"``), so a BiFTA run
 is marked by the config parameter ``run_type="bifta"``; its ``method`` is the
 BiFTA method ("clip", "ensemble", "descriptions", "wca", "bifta"). The plain
@@ -25,16 +25,19 @@ Config parameters (see ``docs/ARCHITECTURE.md``):
 - ``gt_field``, ``eval_key``, ``status`` ("running", "completed", "failed",
   "interrupted") and ``results`` (counts, accuracy, timing).
 
-Example::
+Several questions about the runs are answered from one :class:`RunRecords`
+snapshot (one read of every record)::
 
-    from bifta_plugin.runs import list_bifta_runs, get_bifta_run_info
-    for key in list_bifta_runs(dataset):
-        info = get_bifta_run_info(dataset, key)
-        print(key, info["method"], info["results"].get("accuracy"))
+    from bifta_plugin.sdk.records import RunRecords
+    records = RunRecords.load(dataset)
+    for info in records.infos():
+        print(info["key"], info["method"], info["results"].get("accuracy"))
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -44,18 +47,90 @@ from ..core.config import BiftaConfig, config_from_dict
 logger = logging.getLogger(__name__)
 
 RUN_TYPE = "bifta"
-STATUSES = ("running", "completed", "failed", "interrupted")
 
 
 # ----------------------------------------------------------------------------
-# Queries
+# Snapshot
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RunRecords:
+    """The BiFTA run records of a collection, read once and queried from
+    memory.
+
+    :meth:`load` reads the collection's run list once and each run's record
+    once (``list_runs`` + one ``get_run_info`` per run); every query after
+    that touches no database. Code that asks several questions about the
+    runs (a panel resolving its fields, a pre-run check) loads one snapshot
+    and passes it around instead of re-reading the records per question.
+    A snapshot does not follow later writes: load a new one after them.
+
+    ``runs`` holds ``(key, info)`` pairs, oldest first (start ``timestamp``,
+    ties by key); each ``info`` is the dict :func:`get_bifta_run_info`
+    returns. The accessors hand out copies, so the snapshot stays as loaded.
+    """
+
+    runs: tuple[tuple[str, dict], ...] = ()
+
+    @classmethod
+    def load(cls, samples) -> "RunRecords":
+        """Reads the BiFTA run records of ``samples`` (runs of other tools
+        and unreadable runs are skipped)."""
+        stamped = []
+        for key in samples.list_runs():
+            info = _load_info(samples, key)
+            if info is None or not _is_bifta_config(info.config):
+                continue
+            stamp = str(getattr(info.config, "timestamp", "") or "")
+            stamped.append((stamp, key, _info_dict(key, info)))
+        stamped.sort(key=lambda item: item[:2])
+        return cls(tuple((key, d) for _, key, d in stamped))
+
+    @property
+    def keys(self) -> list[str]:
+        """The run keys, oldest first."""
+        return [key for key, _ in self.runs]
+
+    def __contains__(self, run_key) -> bool:
+        return any(key == run_key for key, _ in self.runs)
+
+    def latest(self) -> str | None:
+        """The key of the most recently started run, or None."""
+        return self.runs[-1][0] if self.runs else None
+
+    def info(self, run_key: str) -> dict:
+        """A copy of the run's info dict (:func:`get_bifta_run_info`).
+
+        Raises:
+            ValueError: ``run_key`` is not one of the snapshot's runs.
+        """
+        for key, d in self.runs:
+            if key == run_key:
+                return copy.deepcopy(d)
+        raise _not_a_run(run_key, self.keys)
+
+    def infos(self) -> list[dict]:
+        """Copies of all run info dicts, oldest first."""
+        return [copy.deepcopy(d) for _, d in self.runs]
+
+    def runs_for_field(self, field_name: str) -> list[str]:
+        """Keys of the runs that recorded ``field_name`` among their
+        ``fields``, oldest first."""
+        return [
+            key
+            for key, d in self.runs
+            if field_name in (d.get("fields") or {}).values()
+        ]
+
+
+# ----------------------------------------------------------------------------
+# Queries (one question each; several questions: load a RunRecords)
 # ----------------------------------------------------------------------------
 def is_bifta_run(samples, run_key: str) -> bool:
     """Whether ``run_key`` is a registered BiFTA run of the collection."""
     if not samples.has_run(run_key):
         return False
-    config = _load_config(samples, run_key)
-    return config is not None and getattr(config, "run_type", None) == RUN_TYPE
+    info = _load_info(samples, run_key)
+    return info is not None and _is_bifta_config(info.config)
 
 
 def list_bifta_runs(samples) -> list[str]:
@@ -63,19 +138,12 @@ def list_bifta_runs(samples) -> list[str]:
 
     Runs are ordered by their start ``timestamp``, ties by key.
     """
-    stamped = []
-    for key in samples.list_runs():
-        config = _load_config(samples, key)
-        if config is None or getattr(config, "run_type", None) != RUN_TYPE:
-            continue
-        stamped.append((str(getattr(config, "timestamp", "") or ""), key))
-    return [key for _, key in sorted(stamped)]
+    return RunRecords.load(samples).keys
 
 
 def latest_bifta_run(samples) -> str | None:
     """The key of the most recently started BiFTA run, or None."""
-    keys = list_bifta_runs(samples)
-    return keys[-1] if keys else None
+    return RunRecords.load(samples).latest()
 
 
 def get_bifta_run_info(samples, run_key: str) -> dict:
@@ -88,16 +156,10 @@ def get_bifta_run_info(samples, run_key: str) -> dict:
     Raises:
         ValueError: ``run_key`` is not a BiFTA run of the collection.
     """
-    _require_bifta_run(samples, run_key)
-    info = samples.get_run_info(run_key)
-    d = _plain(info.config.serialize())
-    d.pop("cls", None)
-    d["type"] = RUN_TYPE
-    d["key"] = run_key
-    d["registered_at"] = info.timestamp.isoformat() if info.timestamp else None
-    d["fiftyone_version"] = info.version
-    d.setdefault("results", {})
-    return d
+    info = _load_info(samples, run_key) if samples.has_run(run_key) else None
+    if info is None or not _is_bifta_config(info.config):
+        raise _not_a_run(run_key, list_bifta_runs(samples))
+    return _info_dict(run_key, info)
 
 
 def load_bifta_config(samples, run_key: str) -> BiftaConfig:
@@ -107,12 +169,7 @@ def load_bifta_config(samples, run_key: str) -> BiftaConfig:
 
 def bifta_runs_for_field(samples, field_name: str) -> list[str]:
     """Keys of the BiFTA runs that recorded ``field_name`` among their fields."""
-    keys = []
-    for key in list_bifta_runs(samples):
-        fields = getattr(_load_config(samples, key), "fields", None) or {}
-        if field_name in fields.values():
-            keys.append(key)
-    return keys
+    return RunRecords.load(samples).runs_for_field(field_name)
 
 
 # ----------------------------------------------------------------------------
@@ -137,7 +194,7 @@ def register_bifta_run(
 
 def update_bifta_run(samples, run_key: str, **updates) -> None:
     """Update config parameters of a registered BiFTA run (e.g. ``status``)."""
-    _require_bifta_run(samples, run_key)
+    get_bifta_run_info(samples, run_key)  # raises for other runs
     info = samples.get_run_info(run_key)
     params = _plain(info.config.serialize())
     for name in ("cls", "type"):
@@ -171,8 +228,9 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
     if delete_fields:
         dataset = samples._root_dataset
         schema = dataset.get_field_schema()
+        records = RunRecords.load(dataset)
         for field_name in (info.get("fields") or {}).values():
-            others = [k for k in bifta_runs_for_field(dataset, field_name) if k != run_key]
+            others = [k for k in records.runs_for_field(field_name) if k != run_key]
             if field_name in schema and not others:
                 dataset.delete_sample_field(field_name)
                 deleted.append(field_name)
@@ -183,12 +241,29 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
 # ----------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------
-def _load_config(samples, run_key: str):
+def _load_info(samples, run_key: str):
+    """The run's FiftyOne ``RunInfo``, None when it cannot be read."""
     try:
-        return samples.get_run_info(run_key).config
+        return samples.get_run_info(run_key)
     except Exception:  # an unreadable run of some other tool: not ours
         logger.debug("cannot load run %r", run_key, exc_info=True)
         return None
+
+
+def _is_bifta_config(config) -> bool:
+    return getattr(config, "run_type", None) == RUN_TYPE
+
+
+def _info_dict(run_key: str, info) -> dict:
+    """The plain info dict of a BiFTA run (see :func:`get_bifta_run_info`)."""
+    d = _plain(info.config.serialize())
+    d.pop("cls", None)
+    d["type"] = RUN_TYPE
+    d["key"] = run_key
+    d["registered_at"] = info.timestamp.isoformat() if info.timestamp else None
+    d["fiftyone_version"] = info.version
+    d.setdefault("results", {})
+    return d
 
 
 def _is_own_evaluation(samples, eval_key: str, label_field: str) -> bool:
@@ -202,13 +277,11 @@ def _is_own_evaluation(samples, eval_key: str, label_field: str) -> bool:
     return getattr(config, "pred_field", None) == label_field
 
 
-def _require_bifta_run(samples, run_key: str) -> None:
-    if not is_bifta_run(samples, run_key):
-        runs = list_bifta_runs(samples)
-        raise ValueError(
-            f"{run_key!r} is not a BiFTA run of this dataset; BiFTA runs: "
-            f"{runs or 'none'}"
-        )
+def _not_a_run(run_key: str, runs: list[str]) -> ValueError:
+    return ValueError(
+        f"{run_key!r} is not a BiFTA run of this dataset; BiFTA runs: "
+        f"{runs or 'none'}"
+    )
 
 
 def _plain(obj):

@@ -12,7 +12,9 @@
   on the image (active fields ``L`` and ``L_crops``).
 
 The panels only render and route events: every metric and view comes from
-:mod:`bifta_plugin.analysis`.
+:mod:`bifta_plugin.sdk.analysis`; the run records are read once per
+panel load (a :class:`~bifta_plugin.sdk.records.RunRecords` snapshot) and the
+resolved fields kept in the panel state.
 
 Views and recomputation: metrics are computed over a *base* view, the App's
 view when the panel loaded or when the user last changed it. A view that the
@@ -33,6 +35,7 @@ import fiftyone.operators.types as types
 import fiftyone.server.view as fosv
 
 from ..sdk import analysis
+from ..sdk.records import RunRecords
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +105,22 @@ class MispredictionsPanel(foo.Panel):
 
     # --- state helpers ------------------------------------------------------
     def _fields(self, ctx):
-        """(pred_field, gt_field or None), validated against the schema."""
-        state = ctx.panel.state
-        fields = analysis.classification_fields(ctx.dataset)
-        pred = state.get(PRED)
-        if pred not in fields:
-            pred = analysis.default_prediction_field(ctx.dataset)
-        gt = state.get(GT)
-        if gt != NO_GT and (gt not in fields or gt == pred):
-            gt = analysis.default_gt_field(ctx.dataset, pred) or NO_GT
+        """(pred_field, gt_field or None), validated against the schema.
+
+        The fields live in the panel state; only a missing or stale one is
+        resolved again, from one run-records snapshot (so a panel load reads
+        the records once and other events not at all).
+        """
+        state, dataset = ctx.panel.state, ctx.dataset
+        fields = analysis.classification_fields(dataset)
+        pred, gt = state.get(PRED), state.get(GT)
+        stale_gt = gt != NO_GT and (gt not in fields or gt == pred)
+        if pred not in fields or stale_gt:
+            records = RunRecords.load(dataset)
+            if pred not in fields:
+                pred = analysis.default_prediction_field(dataset, records)
+            if gt != NO_GT and (gt not in fields or gt == pred):
+                gt = analysis.default_gt_field(dataset, pred, records) or NO_GT
         if (pred, gt) != (state.get(PRED), state.get(GT)):
             state.set({PRED: pred, GT: gt})
         return pred, (None if gt == NO_GT else gt)
@@ -575,34 +585,42 @@ class ExplanationPanel(foo.Panel):
             ),
         )
 
-    def _pred_field(self, ctx):
-        fields = analysis.classification_fields(ctx.dataset)
-        pred = ctx.panel.state.pred_field
-        if pred not in fields:
-            pred = analysis.default_prediction_field(ctx.dataset)
-            ctx.panel.state.pred_field = pred
-        return pred
-
-    def _explain(self, ctx):
-        pred = self._pred_field(ctx)
-        sample_id = ctx.current_sample
-        if pred is None or sample_id is None:
-            ctx.panel.state.set({"explanation": None, "crops": []})
-            return
+    def _resolve(self, ctx):
+        """Resolves the chosen prediction field (its ground-truth and crops
+        fields, the run's classes) from one run-records snapshot and keeps
+        the result in the panel state, where sample changes read it."""
         dataset = ctx.dataset
-        crops_field = analysis.get_crops_field(dataset, pred)
-        gt_field = analysis.default_gt_field(dataset, pred)
-        explanation = analysis.explain_prediction(
-            dataset[sample_id],
-            pred,
-            classes=analysis.get_run_classes(dataset, pred),
-            gt_field=gt_field,
-            crops_field=crops_field,
+        pred = ctx.panel.state.pred_field
+        if pred not in analysis.classification_fields(dataset):
+            pred = None
+        fields = analysis.resolve_prediction_fields(
+            dataset, pred, records=RunRecords.load(dataset)
         )
         ctx.panel.state.set(
             {
-                "crops_field": crops_field,
-                "gt_field": gt_field,
+                "pred_field": fields and fields.pred_field,
+                "resolved": fields and dataclasses.asdict(fields),
+            }
+        )
+
+    def _explain(self, ctx):
+        """Explains the current sample with the resolved fields (no run
+        records are read here)."""
+        resolved = ctx.panel.state.resolved
+        sample_id = ctx.current_sample
+        if not resolved or sample_id is None:
+            ctx.panel.state.set({"explanation": None, "crops": []})
+            return
+        fields = analysis.PredictionFields(**resolved)
+        explanation = analysis.explain_prediction(
+            ctx.dataset[sample_id],
+            fields.pred_field,
+            classes=fields.classes,
+            gt_field=fields.gt_field,
+            crops_field=fields.crops_field,
+        )
+        ctx.panel.state.set(
+            {
                 "explanation": (
                     None
                     if explanation is None
@@ -614,16 +632,16 @@ class ExplanationPanel(foo.Panel):
         ctx.panel.data.set({"top_classes": _top_classes_trace(explanation)})
 
     def _show_crops(self, ctx):
-        state = ctx.panel.state
+        resolved = ctx.panel.state.resolved or {}
         fields = [
-            f
-            for f in (state.pred_field, state.crops_field, state.gt_field)
-            if f
+            resolved.get(role)
+            for role in ("pred_field", "crops_field", "gt_field")
         ]
         schema = ctx.dataset.get_field_schema()
-        ctx.ops.set_active_fields([f for f in fields if f in schema])
+        ctx.ops.set_active_fields([f for f in fields if f and f in schema])
 
     def on_load(self, ctx):
+        self._resolve(ctx)
         self._explain(ctx)
         self._show_crops(ctx)
 
