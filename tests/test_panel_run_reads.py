@@ -127,3 +127,21 @@ def test_snapshot_answers_from_memory(ds, reads, fo_dataset):
     with pytest.raises(ValueError, match="not a BiFTA run.*run0"):
         records.info("not_ours")
     assert runs.RunRecords.load(fo_dataset()).keys == []
+
+
+def test_resolve_prediction_fields_from_one_snapshot(ds, reads, fo_dataset):
+    from bifta_plugin.sdk import analysis as ba
+
+    records = runs.RunRecords.load(ds)
+    reads.clear()
+    fields = ba.resolve_prediction_fields(ds, records=records)
+    assert fields == ba.PredictionFields(
+        pred_field="bifta",
+        gt_field="ground_truth",
+        crops_field="bifta_crops",
+        classes=CLASSES,
+    )
+    other = ba.resolve_prediction_fields(ds, "bifta_1", records=records)
+    assert other.crops_field == "bifta_1_crops"
+    assert sum(reads.values()) == 0
+    assert ba.resolve_prediction_fields(fo_dataset()) is None

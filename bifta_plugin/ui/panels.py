@@ -114,13 +114,14 @@ class MispredictionsPanel(foo.Panel):
         state, dataset = ctx.panel.state, ctx.dataset
         fields = analysis.classification_fields(dataset)
         pred, gt = state.get(PRED), state.get(GT)
-        stale_gt = gt != NO_GT and (gt not in fields or gt == pred)
-        if pred not in fields or stale_gt:
+        records = None
+        if pred not in fields:
             records = RunRecords.load(dataset)
-            if pred not in fields:
-                pred = analysis.default_prediction_field(dataset, records)
-            if gt != NO_GT and (gt not in fields or gt == pred):
-                gt = analysis.default_gt_field(dataset, pred, records) or NO_GT
+            pred = analysis.default_prediction_field(dataset, records)
+        if gt != NO_GT and (gt not in fields or gt == pred):
+            if records is None:
+                records = RunRecords.load(dataset)
+            gt = analysis.default_gt_field(dataset, pred, records) or NO_GT
         if (pred, gt) != (state.get(PRED), state.get(GT)):
             state.set({PRED: pred, GT: gt})
         return pred, (None if gt == NO_GT else gt)
@@ -596,10 +597,13 @@ class ExplanationPanel(foo.Panel):
         fields = analysis.resolve_prediction_fields(
             dataset, pred, records=RunRecords.load(dataset)
         )
+        if fields is None:  # no prediction field on this dataset
+            ctx.panel.state.set({"pred_field": None, "resolved": None})
+            return
         ctx.panel.state.set(
             {
-                "pred_field": fields and fields.pred_field,
-                "resolved": fields and dataclasses.asdict(fields),
+                "pred_field": fields.pred_field,
+                "resolved": dataclasses.asdict(fields),
             }
         )
 
