@@ -8,7 +8,7 @@ from bifta_plugin.core import boxes as box_ops
 
 
 def naive_iou(a, b):
-    """The reference's IoU, literally (method.md 3.1)."""
+    """The reference's IoU, literally (docs/METHOD.md §3.3)."""
     inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
     area_a = (a[2] - a[0]) * (a[3] - a[1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
@@ -109,7 +109,7 @@ def test_select_without_filter_keeps_first_candidates():
 
 
 def test_filtered_count_in_expected_range():
-    """method.md 3.1 table: 500x375, 100 candidates, tau 0.85 keeps about 57-80."""
+    """docs/METHOD.md §3.5: 500x375, 100 candidates, tau 0.85 keeps about 57-80."""
     counts = [
         len(box_ops.select_crop_boxes(500, 375, num_candidates=100, max_views=100, min_scale=0.5,
                                       max_scale=0.9, iou_threshold=0.85, seed=0, key=str(i)))

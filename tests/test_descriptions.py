@@ -405,7 +405,7 @@ def test_real_files(dataset, classes, texts, duplicates):
     ds = load_descriptions(SHARED / f"{dataset}_descriptions.json", names).require_complete()
     assert len(ds.descriptions) == classes
     assert ds.report.total == texts
-    # method.md section 5: exact duplicates after lower-casing
+    # docs/METHOD.md §5.5: exact duplicates after lower-casing
     assert ds.report.total_duplicates == duplicates
     assert ds.report.unmatched_keys == []
     if dataset == "place365":

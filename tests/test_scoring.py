@@ -14,7 +14,7 @@ def unit(*shape, seed=0):
 
 
 def loop_wca_score(global_emb, crops, classes_desc, anchors, lv, lt):
-    """Literal per-image, per-class loops of method.md 2.2-2.4."""
+    """Literal per-image, per-class loops of docs/METHOD.md §4-§6."""
     s = [float(global_emb @ k) for k in crops]
     z = sum(math.exp(lv * x) for x in s)
     w = [math.exp(lv * x) / z for x in s]

@@ -4,16 +4,16 @@ Pure functions over integer pixel boxes ``(left, top, right, bottom)`` with
 right/bottom exclusive (PIL's crop convention), ``0 <= left < right <= W``.
 Imports only torch, numpy and hashlib; no images are touched here.
 
-Sources (see ``method.md``):
+Sources (``docs/METHOD.md``):
 
-- sampling, section 2.1 / 3.1: square side ``int(U(alpha, beta) * min(W, H))``,
+- sampling, §3.1: square side ``int(U(alpha, beta) * min(W, H))``,
   top-left position uniform over every valid position, on the original
   (uncropped) image;
-- IoU, section 3.1: ``inter / union`` with no +1 pixel convention, 0 when the
+- IoU, §3.3: ``inter / union`` with no +1 pixel convention, 0 when the
   union is 0. Computed from exact integer areas in float64, so the result is
   the double nearest the exact ratio, as the reference's Python division is.
   A float32 IoU breaks ties at 0.85 (float32(17/20) > 0.85);
-- greedy filter, section 3.1: generation order, always keep the first, keep a
+- greedy filter, §3.4: generation order, always keep the first, keep a
   later box when its largest IoU to the kept boxes is ``<= threshold``, stop
   once ``max_keep`` are kept.
 
@@ -24,7 +24,7 @@ of ``K`` keeps at most ``K`` boxes.
 Determinism: the boxes of an image depend only on ``(seed, image key)``
 through :func:`image_generator`, never on batch order, batch size or worker.
 The reference draws with global numpy/torch RNGs inside DataLoader workers,
-which cannot be reproduced (``method.md`` 9.5); fixtures feed boxes directly.
+which cannot be reproduced (``docs/METHOD.md`` §9.5); fixtures feed boxes directly.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def select_crop_boxes(
     With ``iou_threshold=None`` (WCA) the first ``max_views`` candidates are
     kept. Filtering happens on boxes, before any pixel is cropped or
     encoded (the reference crops and encodes every candidate and pads the
-    queue with zero images; ``method.md`` section 8).
+    queue with zero images; ``docs/METHOD.md`` §10.5).
 
     Returns:
         Tensor[K, 4] int64 boxes, ``1 <= K <= max_views``.

@@ -30,7 +30,7 @@ def dclip_sentence(class_name: str, descriptor: str) -> str:
     ``"{c}, which is {d}"`` when ``d`` starts with the letter "a" (so
     "antennae ..." also gets "which is") or with "used"; ``"{c}, which {d}"``
     when it starts with has/often/typically/may/can; else
-    ``"{c}, which has {d}"``. No final period (``method.md`` section 4).
+    ``"{c}, which has {d}"``. No final period (``docs/METHOD.md`` §5.4).
     """
     if descriptor.startswith("a"):
         which = f"which is {descriptor}"

@@ -5,7 +5,7 @@ Every number that changes a prediction lives here, so a config's
 cache key. Runtime options that do not change results (device, batch sizes,
 worker counts) live in :class:`bifta_plugin.pipeline.RuntimeOptions`.
 
-Defaults follow ``method.md`` section 10 (what produced the published
+Defaults follow ``docs/METHOD.md`` §8 (what produced the published
 numbers):
 
 - ``wca``: 100 square crops, side ``U(0.1, 0.9) * min(W, H)``. WCA's configs
@@ -125,7 +125,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     ),
     "wca": dict(
         method="wca",
-        min_scale=0.1,  # what WCA's code actually ran (method.md 2.1)
+        min_scale=0.1,  # what WCA's code actually ran (docs/METHOD.md §9.1)
         iou_threshold=None,
         desc_sim_threshold=None,
         max_descriptions=None,

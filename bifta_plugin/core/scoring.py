@@ -11,9 +11,9 @@ Conventions (fixed once, for every function here):
 - temperatures are stored in log space as in the reference configs:
   ``lambda = exp(log_scale)``, taken in float32 as the reference does;
 - weights and softmaxes are computed in float32 whatever the encoder's
-  precision (the reference runs them in fp16 on GPU; ``method.md`` 9.7).
+  precision (the reference runs them in fp16 on GPU; ``docs/METHOD.md`` §10.7).
 
-Formulas (``method.md`` sections 2.2-2.5, 4):
+Formulas (``docs/METHOD.md`` §4-§6):
 
 - visual weights ``w_i = softmax_i(lambda_v * k . k_i)`` over the crops used;
 - textual weights ``v_j = softmax_j(lambda_t * t_j . t_c)`` with ``t_c`` the

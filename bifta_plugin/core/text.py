@@ -6,7 +6,7 @@ methods) into the tensors the scorer needs. It takes any
 with an open_clip encoder, a cached one, or the conformance fixtures' lookup
 tables. Raw features are L2-normalised here.
 
-Per method (``method.md`` sections 2.3, 3.2, 4):
+Per method (``docs/METHOD.md`` §5):
 
 - ``clip``: one text, the anchor "a photo of a {c}.";
 - ``ensemble``: the config's templates formatted with the class name;
@@ -18,7 +18,7 @@ Per method (``method.md`` sections 2.3, 3.2, 4):
   keep when the max cosine to kept ones is ``<= desc_sim_threshold``, stop at
   ``max_descriptions``), then weighted as in WCA. The reference ships only
   pre-refined files; the refinement code here follows the rule inferred from
-  them (``method.md`` 3.2).
+  them (``docs/METHOD.md`` §5.3).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def build_text_side(
     encode_texts: EncodeTexts,
     descriptions: Mapping[str, Sequence[str]] | None = None,
 ) -> TextSide:
-    """Class vectors for ``config.method`` (``method.md`` 2.3-2.4, 3.2, 4).
+    """Class vectors for ``config.method`` (``docs/METHOD.md`` §5, §6).
 
     Args:
         config: the method config.

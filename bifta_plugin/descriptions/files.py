@@ -6,7 +6,7 @@ texts per class. This module turns a file (or an in-memory object) into a
 what it did on the way: which classes got nothing, which file keys matched no
 class, which keys were merged, how many exact duplicates there are.
 
-Formats (``method.md`` sections 2.3, 4, 5):
+Formats (``docs/METHOD.md`` §5.1, §5.4, §5.5):
 
 - ``"cupl"``: an object ``{class: [sentences]}``; sentences are used
   verbatim (WCA / CuPL files, and what :mod:`.generation` writes);

@@ -6,7 +6,7 @@ plus a local checkpoint file as ``pretrained``) and wraps it in a
 :class:`ClipEncoder`:
 
 - images go through the model's **own** eval transform (``preprocess``);
-  for the OpenAI ViTs that is the reference's ``P(.)`` (``method.md`` 1);
+  for the OpenAI ViTs that is the reference's ``P(.)`` (``docs/METHOD.md`` §2);
 - every output is L2-normalised float32, whatever the precision;
 - on GPU, "auto" precision is fp16 (the reference runs CLIP in fp16); we
   keep fp32 weights and run the towers under autocast, so layer norms and
