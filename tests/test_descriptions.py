@@ -238,9 +238,18 @@ def test_check_lengths_records_truncation():
         return sum(len(t.split()) > 75 for t in texts)
 
     assert ds.report.truncated is None
-    assert ds.check_lengths(count_truncated) == 2
-    assert ds.report.truncated == 2 and len(seen[0]) == 3
-    assert "2 texts exceed the text encoder's context" in ds.summary()
+    checked = ds.with_lengths_checked(count_truncated)
+    assert checked.report.truncated == 2 and len(seen[0]) == 3
+    assert "2 texts exceed the text encoder's context" in checked.summary()
+    assert ds.report.truncated is None  # a value: the original is unchanged
+
+
+def test_description_set_is_frozen():
+    import dataclasses
+
+    ds = load_descriptions({"cat": ["A cat."]})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ds.source = "elsewhere"
 
 
 # ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import logging
 import os
 import string
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -76,7 +76,7 @@ class MatchReport:
             share one description list, hence one class vector, so the
             later one can never win the argmax (Places365 repeats 19 names).
         truncated: texts longer than the encoder's context (CLIP: 77 tokens), or None until a
-            caller with an encoder runs :meth:`DescriptionSet.check_lengths`.
+            caller with an encoder runs :meth:`DescriptionSet.with_lengths_checked`.
     """
 
     missing: list = field(default_factory=list)
@@ -104,9 +104,14 @@ class MatchReport:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DescriptionSet:
     """Descriptions keyed by the exact class names of a run, plus provenance.
+
+    A value: its attributes are never reassigned, and the operations that
+    add to it (:meth:`with_lengths_checked`, generation's provenance) return
+    a new set (``dataclasses.replace``), so a set passed to several runs
+    reads the same in each.
 
     Attributes:
         descriptions: ``{class name: [texts]}`` in class order; classes
@@ -156,8 +161,9 @@ class DescriptionSet:
             )
         return self
 
-    def check_lengths(self, count_truncated: Callable[[list], int]) -> int:
-        """Count texts the tokenizer will truncate and record it in the report.
+    def with_lengths_checked(self, count_truncated: Callable[[list], int]) -> "DescriptionSet":
+        """This set with the texts the tokenizer will truncate counted in
+        its report (``report.truncated``).
 
         Args:
             count_truncated: ``list[str] -> int``, e.g. the encoder's
@@ -165,12 +171,11 @@ class DescriptionSet:
                 cut at encode time, silently, as in the reference).
 
         Returns:
-            The number of truncated texts (also stored in
-            ``report.truncated``).
+            A new :class:`DescriptionSet` (this one is unchanged).
         """
         texts = [t for group in self.descriptions.values() for t in group]
-        self.report.truncated = int(count_truncated(texts)) if texts else 0
-        return self.report.truncated
+        truncated = int(count_truncated(texts)) if texts else 0
+        return replace(self, report=replace(self.report, truncated=truncated))
 
     def summary(self) -> str:
         """A human-readable multi-line report."""
@@ -260,7 +265,7 @@ def load_descriptions(
         report.duplicate_classes = dup_classes
     result = _finish(texts, unique, report, fmt, where, path, dedupe)
     if path is not None:
-        _attach_generation(result, path, items if kind == "object" else None)
+        result = _with_generation(result, path, items if kind == "object" else None)
     return result
 
 
@@ -711,23 +716,25 @@ def _finish(
     )
 
 
-def _attach_generation(result: DescriptionSet, path: Path, pairs: list | None) -> None:
-    """Add the sidecar's generation record to the provenance, if there is one.
+def _with_generation(result: DescriptionSet, path: Path, pairs: list | None) -> DescriptionSet:
+    """``result`` with the sidecar's generation record in its provenance, if
+    there is one.
 
     The sidecar stores the hash of the whole file as generated; a different
     hash now means someone edited the file, so the record may not describe it.
     """
     generation = _read_sidecar(path)
     if generation is None:
-        return
-    result.provenance["generation"] = generation
+        return result
+    provenance = dict(result.provenance, generation=generation)
     recorded = generation.get("sha256")
     if pairs is not None and recorded and recorded != mapping_sha256(_raw_mapping(pairs)):
-        result.provenance["modified_since_generation"] = True
+        provenance["modified_since_generation"] = True
         logger.warning(
             "%s changed since it was generated (its sha256 differs from the one "
             "in %s)", path, sidecar_path(path).name,
         )
+    return replace(result, provenance=provenance)
 
 
 def _read_sidecar(path: Path) -> dict | None:

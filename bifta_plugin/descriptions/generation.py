@@ -21,6 +21,8 @@ The HTTP side (endpoint resolution, retries, errors) is
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,9 +31,10 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from ..core.classnames import preview, wordify
+from ..core.progress import DONE, ProgressEvent, drain
 from .files import (
     DescriptionSet,
     _check_classes,
@@ -313,36 +316,48 @@ def check_generated_format(descriptions_format: str) -> None:
         )
 
 
-def generate_before_run(
+def iter_generate_before_run(
     classes: Sequence[str],
     output_path: str | os.PathLike,
     *,
     descriptions_format: str = "auto",
     **kwargs,
-) -> DescriptionSet:
+) -> Iterator[ProgressEvent]:
     """Complete ``output_path`` for a classification run that reads it next.
 
-    :func:`generate_descriptions` (same keywords) for the classes the file
-    lacks; then every class must have descriptions, so a run never starts
-    with a class it cannot score.
+    :func:`iter_generate_descriptions` (same keywords, same events) for the
+    classes the file lacks; then every class must have descriptions, so a
+    run never starts with a class it cannot score.
 
     Raises:
         ValueError: ``descriptions_format`` is not one a generated file can
-            be read as, or a class still has no description (the LLM's
-            replies cleaned to nothing: not saved, asked for again next
-            time); plus whatever :func:`generate_descriptions` raises.
+            be read as; while iterating, a class still has no description
+            (the LLM's replies cleaned to nothing: not saved, asked for
+            again next time); plus whatever
+            :func:`iter_generate_descriptions` raises.
     """
     check_generated_format(descriptions_format)
-    result = generate_descriptions(classes, output_path, **kwargs)
-    missing = result.missing_classes()
-    if missing:
-        raise ValueError(
-            f"the LLM gave no usable description for {len(missing)} "
-            f"class(es): {preview(missing)}. They were not saved to "
-            f"{output_path} and are asked for again on the next run "
-            "(or add them to the file by hand); nothing was classified"
-        )
-    return result
+    return _complete_events(iter_generate_descriptions(classes, output_path, **kwargs), output_path)
+
+
+def generate_before_run(classes, output_path, *, progress=None, **kwargs) -> DescriptionSet:
+    """:func:`iter_generate_before_run` (same keywords) run to the end;
+    ``progress(done, total)`` as for :func:`generate_descriptions`."""
+    return drain(iter_generate_before_run(classes, output_path, **kwargs), progress)
+
+
+def _complete_events(events: Iterator[ProgressEvent], output_path) -> Iterator[ProgressEvent]:
+    with contextlib.closing(events):  # closing this closes the generation
+        for event in events:
+            missing = event.result.missing_classes() if event.is_final else None
+            if missing:
+                raise ValueError(
+                    f"the LLM gave no usable description for {len(missing)} "
+                    f"class(es): {preview(missing)}. They were not saved to "
+                    f"{output_path} and are asked for again on the next run "
+                    "(or add them to the file by hand); nothing was classified"
+                )
+            yield event
 
 
 def _run_record(endpoint: ChatEndpoint, settings: dict, generated: list[str]) -> dict:
@@ -382,7 +397,7 @@ def _previous_runs(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------
 # The entry point
 # ----------------------------------------------------------------------------
-def generate_descriptions(
+def iter_generate_descriptions(
     classes: Sequence[str],
     output_path: str | os.PathLike,
     *,
@@ -401,9 +416,13 @@ def generate_descriptions(
     timeout: float = 60.0,
     backoff_base: float = 1.0,
     max_backoff: float = 30.0,
-    progress: Callable[[int, int], None] | None = None,
-) -> DescriptionSet:
-    """Generate CuPL-style descriptions for the classes not yet in ``output_path``.
+) -> Iterator[ProgressEvent]:
+    """Generate CuPL-style descriptions for the classes not yet in
+    ``output_path``, one progress event per prompt.
+
+    The arguments are checked when this is called; the requests are made as
+    the returned iterator is consumed. :func:`generate_descriptions` runs it
+    to the end.
 
     Args:
         classes: class names; the result is keyed by them exactly.
@@ -430,22 +449,28 @@ def generate_descriptions(
         timeout: seconds per HTTP attempt.
         backoff_base: first retry delay, doubled per retry, with jitter;
             a server's ``Retry-After`` wins, capped at ``max_backoff``.
-        progress: called as ``progress(done, total)`` after each prompt of
-            each class (``total = classes to generate x prompts``).
-
     Returns:
-        The :class:`DescriptionSet` for ``classes``, with ``provenance``
+        An iterator of :class:`~bifta_plugin.core.progress.ProgressEvent`:
+        ``"generate"`` events ``(done, total)`` over the prompts (``total =
+        classes to generate x prompts``; the first has ``done=0``), then a
+        final ``"done"`` event whose ``result`` is the
+        :class:`DescriptionSet` for ``classes``, with ``provenance``
         holding the settings of the run that wrote the file (base URL,
         model, prompts, samples per prompt, temperature, date), the
         number of ``requests`` this call made and the
         ``generated_classes`` it added to the file.
 
+        Closing the iterator early drops the queued requests (the ones in
+        flight finish); every class completed before stays saved.
+
     Raises:
-        ValueError: bad arguments, an output path that is not ``.json``, or
-            a malformed existing output file (it is left alone).
-        AuthenticationError: the endpoint refused the API key.
-        GenerationError: the endpoint failed after retries, or rejected a
-            request. Classes finished before the failure stay saved.
+        ValueError: bad arguments, an output path that is not ``.json``, a
+            malformed existing output file (it is left alone), no API key
+            for a server that needs one.
+        AuthenticationError: while iterating: the endpoint refused the key.
+        GenerationError: while iterating: the endpoint failed after
+            retries, or rejected a request. Classes finished before the
+            failure stay saved.
     """
     unique, _ = _check_classes(classes)
     path = Path(output_path)
@@ -468,27 +493,69 @@ def generate_descriptions(
 
     cached = _read_cache(path)
     todo = _classes_to_generate(unique, cached)
-    requests = 0
-    if todo:
+    if todo and endpoint.lacks_required_key:
+        raise ValueError(
+            "no API key for api.openai.com: pass api_key or set "
+            "BIFTA_LLM_API_KEY / OPENAI_API_KEY"
+        )
+    sampler = _Sampler(
+        endpoint, system_prompt=system_prompt, n=samples_per_prompt,
+        temperature=temperature, max_tokens=max_tokens,
+    )
+    job = _Job(path, unique, todo, cached, sampler, settings, prompt_context, concurrency)
+    return _generation_events(job)
+
+
+def generate_descriptions(
+    classes: Sequence[str],
+    output_path: str | os.PathLike,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs,
+) -> DescriptionSet:
+    """:func:`iter_generate_descriptions` (same keywords) run to the end.
+
+    Args:
+        progress: called as ``progress(done, total)`` after each prompt of
+            each class (``total = classes to generate x prompts``), and
+            once with ``done=0`` first.
+
+    Returns:
+        The :class:`DescriptionSet` for ``classes`` (see
+        :func:`iter_generate_descriptions`).
+    """
+    return drain(iter_generate_descriptions(classes, output_path, **kwargs), progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A checked generation request: what :func:`_generation_events` runs."""
+
+    path: Path
+    classes: list
+    todo: list
+    cached: dict
+    sampler: "_Sampler"
+    settings: dict
+    prompt_context: str | None
+    concurrency: int
+
+
+def _generation_events(job: _Job) -> Iterator[ProgressEvent]:
+    endpoint = job.sampler.endpoint
+    if job.todo:
         logger.info(
             "%d of %d classes already in %s; generating %d with %s at %s",
-            len(unique) - len(todo), len(unique), path, len(todo),
+            len(job.classes) - len(job.todo), len(job.classes), job.path, len(job.todo),
             endpoint.model, endpoint.public_url,
         )
-        if endpoint.lacks_required_key:
-            raise ValueError(
-                "no API key for api.openai.com: pass api_key or set "
-                "BIFTA_LLM_API_KEY / OPENAI_API_KEY"
-            )
-        sampler = _Sampler(
-            endpoint, system_prompt=system_prompt, n=samples_per_prompt,
-            temperature=temperature, max_tokens=max_tokens,
-        )
-        _generate(todo, path, cached, sampler, settings, prompt_context, concurrency, progress)
-        requests = sampler.requests
+        yield from _generate(job)
     else:
-        logger.info("all %d classes already in %s; no request made", len(unique), path)
-    return _result(path, unique, endpoint, settings, requests, todo)
+        logger.info("all %d classes already in %s; no request made", len(job.classes), job.path)
+    result = _result(
+        job.path, job.classes, endpoint, job.settings, job.sampler.requests, job.todo
+    )
+    yield ProgressEvent(DONE, len(job.classes), len(job.classes), "descriptions ready", result)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -555,28 +622,20 @@ class _Collector:
         return out
 
 
-def _generate(
-    todo: list[str],
-    path: Path,
-    cached: dict,
-    sampler: _Sampler,
-    settings: dict,
-    prompt_context: str | None,
-    concurrency: int,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    """Run every (class, prompt) request; save each class as it completes."""
+def _generate(job: _Job) -> Iterator[ProgressEvent]:
+    """Run every (class, prompt) request; save each class as it completes;
+    an event after each finished prompt."""
+    todo, sampler, settings = job.todo, job.sampler, job.settings
     prompts = settings["prompts"]
     record = _run_record(sampler.endpoint, settings, [])
-    collector = _Collector(path, cached, todo, len(prompts), record)
+    collector = _Collector(job.path, job.cached, todo, len(prompts), record)
     total, done = len(todo) * len(prompts), 0
-    if progress:
-        progress(0, total)
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bifta-llm")
+    yield _prompt_event(0, total)
+    pool = ThreadPoolExecutor(max_workers=job.concurrency, thread_name_prefix="bifta-llm")
     try:
         # Class-major submission, so classes finish (and get saved) in order.
         tasks = [
-            (c, i, fill_prompt(p, c, prompt_context))
+            (c, i, fill_prompt(p, c, job.prompt_context))
             for c in todo
             for i, p in enumerate(prompts)
         ]
@@ -593,15 +652,18 @@ def _generate(
                 name, i, _ = tasks[index[future]]
                 collector.add(name, i, future.result())
                 done += 1
-                if progress:
-                    progress(done, total)
+                yield _prompt_event(done, total)
             if errors:
                 real = [e for e in errors if not isinstance(e, _Cancelled)]
                 raise (real or errors)[0]
     finally:
-        # On an error, drop queued requests; in-flight ones finish (bounded
-        # by concurrency x timeout).
+        # On an error or a close (GeneratorExit), drop queued requests;
+        # in-flight ones finish (bounded by concurrency x timeout).
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prompt_event(done: int, total: int) -> ProgressEvent:
+    return ProgressEvent("generate", done, total, f"{done}/{total} prompts")
 
 
 def _class_lines(name: str, replies: list[list[str]]) -> list[str]:
@@ -636,15 +698,17 @@ def _result(
     )
     keys = ("base_url", "model", "prompts", "samples_per_prompt", "temperature", "date")
     info = {k: known.get(k) for k in keys}
-    result.source = f"generated:{info['model']}"
-    result.provenance = dict(
-        source="generated",
-        path=str(path),
-        format="cupl",
-        sha256=result.sha256,
-        **info,
-        requests=requests,
-        generated_classes=[c for c in todo if c in result.descriptions],
-        generation=generation,
+    return dataclasses.replace(
+        result,
+        source=f"generated:{info['model']}",
+        provenance=dict(
+            source="generated",
+            path=str(path),
+            format="cupl",
+            sha256=result.sha256,
+            **info,
+            requests=requests,
+            generated_classes=[c for c in todo if c in result.descriptions],
+            generation=generation,
+        ),
     )
-    return result

@@ -13,7 +13,8 @@ string, or under ``label_field[key]`` when it is a dict. So pass the mapping
 that :meth:`BiftaModel.label_fields` builds to get the fields of the
 contract (``L`` and ``L_crops``)::
 
-    model = BiftaModel(classes, descriptions, method="bifta")
+    model = BiftaModel(classes, descriptions, method="bifta",
+                       encoder=EncoderSpec("ViT-B-16", "laion2b_s34b_b88k"))
     dataset.apply_model(model, label_field=model.label_fields("bifta"))
     # -> "bifta" (Classification) and "bifta_crops" (Detections)
 
@@ -40,6 +41,7 @@ from . import labels as bl
 from ..core.classnames import validate_classes
 from ..core.config import get_config
 from ..engine.pipeline import BiftaClassifier, RuntimeOptions
+from .options import EncoderSpec, RunOptions
 from .plan import resolve_descriptions
 
 
@@ -50,19 +52,19 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         classes: class names.
         descriptions: for the description methods: a file path, a
             ``{class: [sentences]}`` mapping, a list of templates or a
-            :class:`~bifta_plugin.descriptions.DescriptionSet`.
+            :class:`~bifta_plugin.descriptions.files.DescriptionSet`.
         method: "clip", "ensemble", "descriptions", "wca" or "bifta".
-        encoder: a :class:`~bifta_plugin.encoders.ClipEncoder` to reuse; else
-            one is built from ``model_name``, ``pretrained``, ``device``,
-            ``precision`` and ``cache_dir``.
+        encoder: the model (:class:`~.options.EncoderSpec`), as for
+            :func:`~bifta_plugin.sdk.run.run_bifta`.
+        runtime: ``batch_size``, ``num_workers`` and ``crop_mode`` of a
+            :class:`~.options.RunOptions` (images arrive decoded, so
+            ``num_workers`` only matters for ``crop_mode`` preparation, and
+            None means 0 here). ``skip_existing`` and ``skip_failures`` are
+            run options: ``apply_model`` has its own ``skip_failures``.
         descriptions_format: see
-            :func:`bifta_plugin.descriptions.load_descriptions`.
+            :func:`bifta_plugin.descriptions.files.load_descriptions`.
         crops: return the crops too (default: for the crop methods).
-        batch_size, num_workers, crop_mode: see
-            :class:`~bifta_plugin.pipeline.RuntimeOptions` (images arrive
-            decoded, so ``num_workers`` only matters for ``crop_mode``
-            preparation and defaults to 0).
-        **config_overrides: :func:`bifta_plugin.config.get_config`
+        **config_overrides: :func:`bifta_plugin.core.config.get_config`
             overrides.
 
     ``store_logits`` (set by ``apply_model(..., store_logits=True)``) keeps
@@ -75,39 +77,24 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         descriptions=None,
         *,
         method: str = "bifta",
-        model_name: str = "ViT-B-32",
-        pretrained: str | None = "openai",
-        device: str = "auto",
-        precision: str = "auto",
-        encoder=None,
-        cache_dir=None,
+        encoder: EncoderSpec = EncoderSpec(),
+        runtime: RunOptions = RunOptions(),
         descriptions_format: str = "auto",
         crops: bool | None = None,
-        batch_size: int = 16,
-        num_workers: int | None = 0,
-        crop_mode: str = "auto",
         **config_overrides,
     ):
         fom.LogitsMixin.__init__(self)
         fom.SamplesMixin.__init__(self)
         config = get_config(method, **config_overrides)
-        runtime = RuntimeOptions(
-            batch_size=batch_size, num_workers=num_workers, crop_mode=crop_mode
-        )
+        engine = _engine_options(runtime)
         classes = validate_classes(classes)
         descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
-        if encoder is None:
-            from ..engine.encoders import create_encoder
-
-            encoder = create_encoder(
-                model_name, pretrained, device=device, precision=precision, cache_dir=cache_dir
-            )
         self.classifier = BiftaClassifier(
-            encoder,
+            encoder.build(),
             classes,
             descs.descriptions if descs is not None else None,
             config=config,
-            runtime=runtime,
+            runtime=engine,
         )
         self.descriptions = descs
         self.crops = config.uses_crops if crops is None else bool(crops)
@@ -205,3 +192,19 @@ def _pixel_key(image: np.ndarray) -> str:
     """A stable key for an in-memory image: its shape and pixel hash."""
     digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
     return f"sha1:{'x'.join(map(str, image.shape))}:{digest}"
+
+
+def _engine_options(runtime: RunOptions) -> RuntimeOptions:
+    """The pipeline options of a model; refuses the run-only options."""
+    if not isinstance(runtime, RunOptions):
+        raise ValueError(f"runtime must be a RunOptions; got {type(runtime).__name__}")
+    if runtime.skip_existing or not runtime.skip_failures:
+        raise ValueError(
+            "skip_existing and skip_failures are run_bifta options; a model "
+            "has neither (pass skip_failures to apply_model)"
+        )
+    return RuntimeOptions(
+        batch_size=runtime.batch_size,
+        num_workers=0 if runtime.num_workers is None else runtime.num_workers,
+        crop_mode=runtime.crop_mode,
+    )

@@ -1,14 +1,19 @@
-"""Everything :func:`bifta_plugin.api.run_bifta` checks before it writes.
+"""Everything :func:`~bifta_plugin.sdk.run.run_bifta` decides before it writes.
 
 :func:`make_plan` resolves and validates the arguments (classes,
-descriptions, config, field names, keys) into a :class:`RunPlan`;
-:func:`check_existing` and :func:`check_run_identity` compare it with the
-dataset's fields, runs and evaluations and refuse, naming the problem,
-anything ``overwrite`` was not given to replace. Nothing here writes.
+descriptions, config, field names, keys) and compares them with the
+dataset's fields, runs and evaluations. It returns a frozen
+:class:`RunPlan` whose :attr:`RunPlan.deletions` says what the run would
+delete first; nothing here writes, so a plan can be shown (and tested)
+before anything happens. :meth:`RunPlan.require_allowed` refuses, naming
+each conflict, unless ``overwrite`` was given. The one conflict a plan
+cannot know before the encoder exists (the same run key used with another
+configuration) is found by :func:`run_identity_conflict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ from fiftyone.core.odm.embedded_document import DynamicEmbeddedDocument
 
 from . import labels as bl
 from . import records as br
+from .options import OutputSpec, RunOptions
 from ..core.classnames import validate_classes
 from ..core.config import BiftaConfig, get_config
 from ..descriptions.files import DescriptionSet, load_descriptions
@@ -55,31 +61,101 @@ IDENTITY_KEYS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
+class Deletions:
+    """What a run with ``overwrite=True`` deletes before it writes.
+
+    Attributes:
+        fields: sample fields.
+        runs: runs (BiFTA runs go with the fields they wrote).
+        evaluations: evaluation keys.
+        reasons: one line per conflict, for the error and for display.
+    """
+
+    fields: frozenset = frozenset()
+    runs: frozenset = frozenset()
+    evaluations: frozenset = frozenset()
+    reasons: tuple = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.fields or self.runs or self.evaluations)
+
+    def __or__(self, other: "Deletions") -> "Deletions":
+        return Deletions(
+            self.fields | other.fields,
+            self.runs | other.runs,
+            self.evaluations | other.evaluations,
+            self.reasons + other.reasons,
+        )
+
+    def summary(self) -> str:
+        """The conflicts and what ``overwrite=True`` removes, as lines."""
+        if not self:
+            return "nothing to delete"
+        parts = [
+            f"{what}: {', '.join(sorted(names))}"
+            for what, names in (
+                ("fields", self.fields),
+                ("runs", self.runs),
+                ("evaluations", self.evaluations),
+            )
+            if names
+        ]
+        return "\n".join([*self.reasons, "overwrite=True deletes " + "; ".join(parts)])
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """Everything :func:`~bifta_plugin.api.run_bifta` resolved before touching the dataset."""
+    """Everything a run resolved before touching the dataset.
+
+    Attributes:
+        samples, dataset: the target collection and its dataset.
+        classes: the validated class names.
+        descriptions: the checked descriptions (None for "clip"/"ensemble").
+        config: the method config.
+        runtime: the run options; ``engine`` is their pipeline form.
+        output: the output spec with ``run_key`` (and ``eval_key`` when
+            evaluating) resolved.
+        fields: role -> field name of every field the run writes.
+        class_fields: class -> ``L_scores`` attribute, or None (``L_topk``).
+        overwrite: whether ``deletions`` may be applied.
+        deletions: what must be deleted first (see :class:`Deletions`).
+    """
 
     samples: Any
     dataset: Any
-    classes: list
+    classes: tuple
     descriptions: DescriptionSet | None
     config: BiftaConfig
-    runtime: RuntimeOptions
-    label_field: str
-    run_key: str
-    fields: dict
-    class_fields: dict | None
-    top_k: int
-    max_class_fields: int
-    gt_field: str | None
-    eval_key: str | None
-    skip_existing: bool
-    skip_failures: bool
+    runtime: RunOptions
+    engine: RuntimeOptions
+    output: OutputSpec
+    fields: Mapping
+    class_fields: Mapping | None
     overwrite: bool
-    # filled by the checks: what ``overwrite`` will remove first
-    delete_fields: set = field(default_factory=set)
-    delete_runs: set = field(default_factory=set)
-    delete_evals: set = field(default_factory=set)
+    deletions: Deletions = field(default_factory=Deletions)
+
+    @property
+    def label_field(self) -> str:
+        return self.output.label_field
+
+    @property
+    def run_key(self) -> str:
+        return self.output.run_key
+
+    def require_allowed(self) -> "RunPlan":
+        """Refuse a plan that deletes something unless ``overwrite`` allows it.
+
+        Raises:
+            ValueError: naming every conflict; nothing was written.
+        """
+        if self.deletions and not self.overwrite:
+            raise ValueError(
+                "; ".join(self.deletions.reasons) + "; pass overwrite=True to "
+                "replace it, or choose another label_field / run_key / "
+                "eval_key. Nothing was written."
+            )
+        return self
 
 
 def resolve_descriptions(
@@ -137,54 +213,94 @@ def resolve_descriptions(
     return load_descriptions(descriptions, classes, format=format).require_complete()
 
 
-def make_plan(samples, classes, descriptions, *, config_overrides, **kw) -> RunPlan:
+def make_plan(
+    samples,
+    classes: Sequence[str] | None = None,
+    descriptions=None,
+    *,
+    method: str = "bifta",
+    classes_field: str | None = None,
+    descriptions_format: str = "auto",
+    runtime: RunOptions = RunOptions(),
+    output: OutputSpec = OutputSpec(),
+    overwrite: bool = False,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> RunPlan:
+    """Resolve and check a run's arguments against ``samples``; writes nothing.
+
+    Same arguments as :func:`~bifta_plugin.sdk.run.run_bifta` (less the
+    encoder, which the plan does not need).
+
+    Returns:
+        A :class:`RunPlan`; its ``deletions`` list the existing fields, runs
+        and evaluations the run would replace (whether or not ``overwrite``
+        allows it: see :meth:`RunPlan.require_allowed`).
+
+    Raises:
+        ValueError: a bad argument, or a field no run may replace.
+    """
     dataset = _check_collection(samples)
-    config = get_config(kw["method"], **config_overrides)
-    runtime = RuntimeOptions(
-        batch_size=kw["batch_size"], num_workers=kw["num_workers"], crop_mode=kw["crop_mode"]
-    )
-    _check_int(kw["max_class_fields"], "max_class_fields", 0)
-    _check_int(kw["top_k"], "top_k", 1)
-    classes = resolve_classes(samples, classes, kw["classes_field"])
-    descs = resolve_descriptions(descriptions, classes, config, kw["descriptions_format"])
-
-    label_field = _check_field_name(kw["label_field"], "label_field")
-    run_key = kw["run_key"] if kw["run_key"] is not None else label_field
-    _check_key(run_key, "run_key", "pass run_key=")
-    fields = _field_plan(label_field, config, len(classes), kw["max_class_fields"])
+    config = get_config(method, **dict(config_overrides or {}))
+    engine = _check_runtime(runtime)
+    _check_int(output.max_class_fields, "max_class_fields", 0)
+    _check_int(output.top_k, "top_k", 1)
+    classes = resolve_classes(samples, classes, classes_field)
+    descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
+    output = _resolve_output(samples, output)
+    fields = _field_plan(output.label_field, config, len(classes), output.max_class_fields)
+    _check_eval_names(output, fields)
     class_fields = bl.safe_field_names(classes) if "scores" in fields else None
-
-    gt_field, eval_key = kw["gt_field"], None
-    if gt_field is not None:
-        _check_classification_field(samples, gt_field, "gt_field")
-        if gt_field in fields.values():
-            raise ValueError(f"gt_field {gt_field!r} is one of the fields this run writes")
-        eval_key = kw["eval_key"] or f"eval_{run_key}"
-        _check_key(eval_key, "eval_key", "pass eval_key=")
-        if eval_key in fields.values() or eval_key == gt_field:
-            raise ValueError(f"eval_key {eval_key!r} collides with a field of the run")
-    elif kw["eval_key"] is not None:
-        raise ValueError("eval_key needs gt_field (the ground truth to evaluate against)")
-
-    return RunPlan(
+    plan = RunPlan(
         samples=samples,
         dataset=dataset,
-        classes=classes,
+        classes=tuple(classes),
         descriptions=descs,
         config=config,
         runtime=runtime,
-        label_field=label_field,
-        run_key=run_key,
-        fields=fields,
+        engine=engine,
+        output=output,
+        fields=dict(fields),
         class_fields=class_fields,
-        top_k=kw["top_k"],
-        max_class_fields=kw["max_class_fields"],
-        gt_field=gt_field,
-        eval_key=eval_key,
-        skip_existing=bool(kw["skip_existing"]),
-        skip_failures=bool(kw["skip_failures"]),
-        overwrite=bool(kw["overwrite"]),
+        overwrite=bool(overwrite),
     )
+    return dataclasses.replace(plan, deletions=existing_conflicts(plan))
+
+
+def _check_runtime(runtime: RunOptions) -> RuntimeOptions:
+    if not isinstance(runtime, RunOptions):
+        raise ValueError(f"runtime must be a RunOptions; got {type(runtime).__name__}")
+    for name in ("skip_existing", "skip_failures"):
+        if not isinstance(getattr(runtime, name), bool):
+            raise ValueError(f"{name} must be True or False; got {getattr(runtime, name)!r}")
+    return RuntimeOptions(
+        batch_size=runtime.batch_size, num_workers=runtime.num_workers, crop_mode=runtime.crop_mode
+    )
+
+
+def _resolve_output(samples, output: OutputSpec) -> OutputSpec:
+    """``output`` checked, with ``run_key`` and ``eval_key`` filled in."""
+    if not isinstance(output, OutputSpec):
+        raise ValueError(f"output must be an OutputSpec; got {type(output).__name__}")
+    label_field = _check_field_name(output.label_field, "label_field")
+    run_key = output.run_key if output.run_key is not None else label_field
+    _check_key(run_key, "run_key", "pass run_key=")
+    eval_key = None
+    if output.gt_field is not None:
+        _check_classification_field(samples, output.gt_field, "gt_field")
+        eval_key = output.eval_key or f"eval_{run_key}"
+        _check_key(eval_key, "eval_key", "pass eval_key=")
+    elif output.eval_key is not None:
+        raise ValueError("eval_key needs gt_field (the ground truth to evaluate against)")
+    return dataclasses.replace(output, run_key=run_key, eval_key=eval_key)
+
+
+def _check_eval_names(output: OutputSpec, fields: Mapping) -> None:
+    if output.gt_field is None:
+        return
+    if output.gt_field in fields.values():
+        raise ValueError(f"gt_field {output.gt_field!r} is one of the fields this run writes")
+    if output.eval_key in fields.values() or output.eval_key == output.gt_field:
+        raise ValueError(f"eval_key {output.eval_key!r} collides with a field of the run")
 
 
 def _check_collection(samples):
@@ -289,86 +405,104 @@ def _field_is_compatible(field_, role: str) -> bool:
     )
 
 
-def check_existing(plan: RunPlan) -> None:
-    """Refuse to touch anything the user did not ask to replace.
 
-    Fills ``plan.delete_*`` with what ``overwrite=True`` will remove.
+
+def existing_conflicts(plan: RunPlan) -> Deletions:
+    """What of the dataset's fields, runs and evaluations the run would
+    replace; reads only.
+
+    Raises:
+        ValueError: a field that no run may replace (built-in, read-only, the
+            ground truth), whatever ``overwrite`` says.
     """
     dataset, run_key = plan.dataset, plan.run_key
+    found = Deletions()
     own = br.is_bifta_run(dataset, run_key)
     if dataset.has_run(run_key) and not own:
-        _refuse(plan, f"run key {run_key!r} is taken by a run that is not a BiFTA run")
-        plan.delete_runs.add(run_key)
+        found |= Deletions(
+            runs=frozenset([run_key]),
+            reasons=(f"run key {run_key!r} is taken by a run that is not a BiFTA run",),
+        )
     own_fields = set()
     if own:
         info = br.get_bifta_run_info(dataset, run_key)
         if info.get("label_field") == plan.label_field:
             own_fields = set((info.get("fields") or {}).values())
-
     schema = dataset.get_field_schema()
     for role, name in plan.fields.items():
-        if name not in schema:
-            continue
-        field_ = schema[name]
-        compatible = _field_is_compatible(field_, role)
-        if name in own_fields and compatible:
-            continue
-        if name in PROTECTED_FIELDS or field_.read_only or name == plan.gt_field:
-            raise ValueError(
-                f"field {name!r} cannot be used by a BiFTA run; choose another label_field"
-            )
-        owners = [k for k in br.bifta_runs_for_field(dataset, name) if k != run_key]
-        written = (
-            f"written by BiFTA run(s) {owners}"
-            if owners
-            else f"not written by BiFTA run {run_key!r}"
+        if name in schema and not (name in own_fields and _field_is_compatible(schema[name], role)):
+            found |= _field_conflict(plan, role, name, schema[name])
+    return found | _eval_key_conflict(plan)
+
+
+def _field_conflict(plan: RunPlan, role: str, name: str, field_) -> Deletions:
+    if name in PROTECTED_FIELDS or field_.read_only or name == plan.output.gt_field:
+        raise ValueError(
+            f"field {name!r} cannot be used by a BiFTA run; choose another label_field"
         )
-        kind = "" if compatible else f", of an incompatible type {type(field_).__name__}"
-        _refuse(plan, f"field {name!r} already exists ({written}{kind})")
-        plan.delete_fields.add(name)
-        plan.delete_runs.update(owners)
-    _check_eval_key(plan)
+    owners = [k for k in br.bifta_runs_for_field(plan.dataset, name) if k != plan.run_key]
+    written = (
+        f"written by BiFTA run(s) {owners}"
+        if owners
+        else f"not written by BiFTA run {plan.run_key!r}"
+    )
+    compatible = _field_is_compatible(field_, role)
+    kind = "" if compatible else f", of an incompatible type {type(field_).__name__}"
+    return Deletions(
+        fields=frozenset([name]),
+        runs=frozenset(owners),
+        reasons=(f"field {name!r} already exists ({written}{kind})",),
+    )
 
 
-def _check_eval_key(plan: RunPlan) -> None:
-    if plan.eval_key is None:
-        return
-    dataset, key = plan.dataset, plan.eval_key
+def _eval_key_conflict(plan: RunPlan) -> Deletions:
+    dataset, key = plan.dataset, plan.output.eval_key
+    if key is None:
+        return Deletions()
     if dataset.has_evaluation(key):
         config = dataset.get_evaluation_info(key).config
         own = getattr(config, "pred_field", None) == plan.label_field and getattr(
             config, "gt_field", None
-        ) == plan.gt_field
-        if not own:
-            _refuse(plan, f"evaluation {key!r} already exists for other fields")
-        plan.delete_evals.add(key)
-    elif dataset.get_field(key) is not None:
+        ) == plan.output.gt_field
+        if own:  # recomputed by the run itself
+            return Deletions()
+        return Deletions(
+            evaluations=frozenset([key]),
+            reasons=(f"evaluation {key!r} already exists for other fields",),
+        )
+    if dataset.get_field(key) is not None:
         if key in PROTECTED_FIELDS:
             raise ValueError(f"eval_key {key!r} is a built-in field; choose another")
-        _refuse(plan, f"field {key!r} (the eval_key) already exists")
-        plan.delete_fields.add(key)
-
-
-def _refuse(plan: RunPlan, what: str) -> None:
-    if not plan.overwrite:
-        raise ValueError(
-            f"{what}; pass overwrite=True to replace it, or choose another "
-            "label_field / run_key / eval_key. Nothing was written."
+        return Deletions(
+            fields=frozenset([key]),
+            reasons=(f"field {key!r} (the eval_key) already exists",),
         )
+    return Deletions()
 
 
-def check_run_identity(plan: RunPlan, params: dict) -> None:
-    """An existing run with this key must have the same configuration."""
-    if plan.run_key in plan.delete_runs or not br.is_bifta_run(plan.dataset, plan.run_key):
-        return
+def run_identity_conflict(plan: RunPlan, params: Mapping) -> Deletions:
+    """An existing BiFTA run under this key with another configuration.
+
+    Args:
+        plan: the plan.
+        params: the new run's parameters
+            (:func:`~bifta_plugin.sdk.writing.run_params`), which name the
+            encoder actually loaded.
+
+    Returns:
+        The run to delete, or no deletion.
+    """
+    if plan.run_key in plan.deletions.runs or not br.is_bifta_run(plan.dataset, plan.run_key):
+        return Deletions()
     old = br.get_bifta_run_info(plan.dataset, plan.run_key)
-    new = br._plain(params)
+    new = br._plain(dict(params))
     diffs = [k for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
     if not diffs:
-        return
-    _refuse(
-        plan,
-        f"BiFTA run {plan.run_key!r} already exists with a different "
-        f"configuration ({', '.join(diffs)} differ)",
+        return Deletions()
+    return Deletions(
+        runs=frozenset([plan.run_key]),
+        reasons=(
+            f"BiFTA run {plan.run_key!r} already exists with a different "
+            f"configuration ({', '.join(diffs)} differ)",
+        ),
     )
-    plan.delete_runs.add(plan.run_key)

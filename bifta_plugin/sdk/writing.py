@@ -1,5 +1,5 @@
-"""Writing a :func:`bifta_plugin.api.run_bifta` call: the run record, the
-fields, the predictions batch by batch (one bulk ``set_values`` per field),
+"""Writing a run: the run record, the fields, the predictions batch by
+batch (one bulk ``set_values`` per field, a progress event after each),
 the evaluation and the final status."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import time
 import numpy as np
 
 import fiftyone.core.fields as fof
-import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from .. import __version__
 from . import labels as bl
 from . import records as br
 from ..core.config import BiftaConfig
+from ..core.progress import ProgressEvent
 from ..engine.pipeline import BiftaClassifier
 from .results import MAX_FAILURES_KEPT, RunResult, SampleFailedError
 from .plan import ROLE_TYPES, RunPlan
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
     desc = plan.descriptions
     about = classifier.describe()
-    runtime = plan.runtime
+    runtime, out = plan.engine, plan.output
     return dict(
         method=plan.config.method,
         label_field=plan.label_field,
@@ -38,8 +38,8 @@ def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
         class_fields=(
             [plan.class_fields[c] for c in plan.classes] if plan.class_fields else None
         ),
-        max_class_fields=plan.max_class_fields,
-        top_k=plan.top_k,
+        max_class_fields=out.max_class_fields,
+        top_k=out.top_k,
         model_name=about["model_name"],
         pretrained=None if about["pretrained"] is None else str(about["pretrained"]),
         model_identity=about["model_identity"],
@@ -67,8 +67,8 @@ def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
         descriptions_sha256=None if desc is None else desc.sha256,
         descriptions_kept=about["descriptions_kept"],
         config=plan.config.to_dict(),
-        gt_field=plan.gt_field,
-        eval_key=plan.eval_key,
+        gt_field=out.gt_field,
+        eval_key=out.eval_key,
         package_version=__version__,
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         status="running",
@@ -77,18 +77,18 @@ def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
 
 
 def prepare_dataset(plan: RunPlan, params: dict) -> None:
-    """Apply ``overwrite`` removals, declare the fields, register the run."""
-    dataset = plan.dataset
-    for key in sorted(plan.delete_evals):
+    """Apply the plan's deletions, declare the fields, register the run."""
+    dataset, deletions = plan.dataset, plan.require_allowed().deletions
+    for key in sorted(deletions.evaluations):
         if dataset.has_evaluation(key):
             dataset.delete_evaluation(key)
-    for key in sorted(plan.delete_runs):
+    for key in sorted(deletions.runs):
         if br.is_bifta_run(dataset, key):
             br.delete_bifta_run(dataset, key, delete_fields=True)
         elif dataset.has_run(key):
             dataset.delete_run(key)
     schema = dataset.get_field_schema()
-    for name in sorted(plan.delete_fields):
+    for name in sorted(deletions.fields):
         if name in schema:
             dataset.delete_sample_field(name)
     _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
@@ -125,41 +125,59 @@ def _declare_fields(dataset, fields: dict, class_fields: dict | None, config: Bi
             add(f"{fields['scores']}.{name}", fof.FloatField)
 
 
-def predict_and_write(
-    plan: RunPlan, classifier: BiftaClassifier, result: RunResult, progress
-) -> None:
+def samples_to_do(plan: RunPlan) -> tuple[list, list]:
+    """``(ids, filepaths)`` of the samples the run processes: all of them,
+    or with ``skip_existing`` those without a prediction or an error."""
     todo = plan.samples
-    if plan.skip_existing:
+    if plan.runtime.skip_existing:
         label, error = plan.fields["label"], plan.fields["error"]
         todo = todo.match((F(label) == None) & (F(error) == None))  # noqa: E711
-    ids, paths = todo.values(["id", "filepath"])
+    return todo.values(["id", "filepath"])
+
+
+def iter_batches(plan: RunPlan, classifier: BiftaClassifier, result: RunResult, ids, paths):
+    """Predict and write the samples ``ids`` (media ``paths``) batch by
+    batch; a ``"classify"`` event after each.
+
+    Every yielded event follows a written batch, so closing the generator
+    there (cancellation) loses no finished work. ``result``'s counters are
+    kept current, including when it stops early.
+
+    Yields:
+        :class:`~bifta_plugin.core.progress.ProgressEvent` ``(done, total)``
+        over the samples to do.
+
+    Raises:
+        SampleFailedError: with ``skip_failures=False``, after writing the
+            batch that holds the failure.
+    """
     result.num_skipped = result.num_samples - len(ids)
     if not ids:
         return
     to_docs = dict(
         crops="crops" in plan.fields,
         class_fields=plan.class_fields,
-        top_k=plan.top_k,
+        top_k=plan.output.top_k,
     )
     start = time.perf_counter()
     batches = classifier.iter_predictions(paths, keys=paths)
     try:
-        with fou.ProgressBar(total=len(ids), progress=progress) as pb:
-            for batch in batches:
-                batch_ids = [ids[p.index] for p in batch]
-                outputs = [bl.prediction_to_documents(p, plan.classes, **to_docs) for p in batch]
-                _write_batch(plan.dataset, plan.fields, batch_ids, outputs)
-                first_failure = _count(result, batch, batch_ids)
-                pb.update(len(batch))
-                if first_failure is not None and not plan.skip_failures:
-                    p = batch[first_failure]
-                    raise SampleFailedError(
-                        f"sample {batch_ids[first_failure]} ({paths[p.index]}) failed: "
-                        f"{p.error}. The {result.num_processed} predictions made so "
-                        "far are saved; rerun with skip_existing=True to resume.",
-                        batch_ids[first_failure],
-                        paths[p.index],
-                    )
+        for batch in batches:
+            batch_ids = [ids[p.index] for p in batch]
+            outputs = [bl.prediction_to_documents(p, plan.classes, **to_docs) for p in batch]
+            _write_batch(plan.dataset, plan.fields, batch_ids, outputs)
+            first_failure = _count(result, batch, batch_ids)
+            if first_failure is not None and not plan.runtime.skip_failures:
+                p = batch[first_failure]
+                raise SampleFailedError(
+                    f"sample {batch_ids[first_failure]} ({paths[p.index]}) failed: "
+                    f"{p.error}. The {result.num_processed} predictions made so "
+                    "far are saved; rerun with skip_existing=True to resume.",
+                    batch_ids[first_failure],
+                    paths[p.index],
+                )
+            done = result.num_processed + result.num_failed
+            yield ProgressEvent("classify", done, len(ids), f"{done}/{len(ids)} samples")
     finally:
         batches.close()
         seconds = time.perf_counter() - start
@@ -196,8 +214,8 @@ def _count(result: RunResult, batch, ids) -> int | None:
 
 
 def evaluate(plan: RunPlan, result: RunResult) -> None:
-    dataset, key = plan.dataset, plan.eval_key
-    label, gt = plan.fields["label"], plan.gt_field
+    dataset, key = plan.dataset, plan.output.eval_key
+    label, gt = plan.fields["label"], plan.output.gt_field
     view = plan.samples.exists(label).exists(gt)
     if dataset.has_evaluation(key):
         dataset.delete_evaluation(key)  # ours (checked up front): recompute
