@@ -12,6 +12,7 @@ from fiftyone import ViewField as F
 
 from bifta_plugin.sdk import run as api, records as runs
 from bifta_plugin.sdk.labels import safe_field_names
+from bifta_plugin.sdk.options import split_options
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -36,11 +37,12 @@ def photos(sample_images):
 
 
 def _run(ds, encoder, **kwargs):
-    args = dict(FAST, encoder=encoder)
+    """run_bifta with flat settings grouped into its option groups."""
+    args = dict(FAST, instance=encoder)
     args.update(kwargs)
     classes = args.pop("classes", CLASSES)
     descriptions = args.pop("descriptions", DESCRIPTIONS)
-    return api.run_bifta(ds, classes, descriptions, **args)
+    return api.run_bifta(ds, classes, descriptions, **split_options(args))
 
 
 def _schema_snapshot(ds):
@@ -138,7 +140,7 @@ def test_only_the_target_view_is_written(fo_dataset, sample_images, encoder):
 def test_classes_from_a_field(fo_dataset, photos, encoder):
     ds = fo_dataset(photos)
     result = api.run_bifta(
-        ds, classes_field="ground_truth", method="clip", encoder=encoder, **FAST
+        ds, classes_field="ground_truth", method="clip", **split_options(dict(FAST, instance=encoder))
     )
     assert runs.get_bifta_run_info(ds, result.run_key)["classes"] == sorted(CLASSES)
 

@@ -8,6 +8,7 @@ from fiftyone import ViewField as F
 
 from bifta_plugin.sdk import run as api
 from bifta_plugin.sdk.model import BiftaModel
+from bifta_plugin.sdk.options import EncoderSpec, OutputSpec, RunOptions
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -27,7 +28,7 @@ def encoder(tiny_model_name):
 
 @pytest.fixture(scope="module")
 def model(encoder):
-    return BiftaModel(CLASSES, DESCRIPTIONS, method="bifta", encoder=encoder, **FAST)
+    return BiftaModel(CLASSES, DESCRIPTIONS, method="bifta", encoder=EncoderSpec(instance=encoder), **FAST)
 
 
 @pytest.fixture
@@ -74,8 +75,8 @@ def test_apply_model_matches_run_bifta(fo_dataset, photos, model, encoder):
     ds = fo_dataset(photos)
     ds.apply_model(model, label_field=model.label_fields("m"), batch_size=2,
                    skip_failures=False, store_logits=True)
-    api.run_bifta(ds, CLASSES, DESCRIPTIONS, label_field="r", encoder=encoder,
-                  num_workers=0, **FAST)
+    api.run_bifta(ds, CLASSES, DESCRIPTIONS, encoder=EncoderSpec(instance=encoder),
+                  runtime=RunOptions(num_workers=0), output=OutputSpec("r"), **FAST)
     for sample in ds:
         m_boxes = [d.bounding_box for d in sample.m_crops.detections]
         r_boxes = [d.bounding_box for d in sample.r_crops.detections]
@@ -99,7 +100,7 @@ def test_store_logits_controls_logits(fo_dataset, photos, model):
 
 
 def test_global_method_returns_one_classification(fo_dataset, photos, encoder):
-    model = BiftaModel(CLASSES, method="clip", encoder=encoder)
+    model = BiftaModel(CLASSES, method="clip", encoder=EncoderSpec(instance=encoder))
     assert model.crops is False and model.label_fields("clip") == "clip"
     ds = fo_dataset(photos)
     ds.apply_model(model, label_field="clip", batch_size=2, skip_failures=False)
@@ -110,7 +111,9 @@ def test_global_method_returns_one_classification(fo_dataset, photos, encoder):
 
 
 def test_crops_can_be_turned_off(fo_dataset, photos, encoder):
-    model = BiftaModel(CLASSES, DESCRIPTIONS, method="wca", encoder=encoder, crops=False, **FAST)
+    model = BiftaModel(
+        CLASSES, DESCRIPTIONS, method="wca", encoder=EncoderSpec(instance=encoder), crops=False, **FAST
+    )
     ds = fo_dataset(photos[:2])
     ds.apply_model(model, label_field=model.label_fields("w"), skip_failures=False)
     assert ds.count("w") == 2 and "w_crops" not in ds.get_field_schema()
@@ -140,8 +143,8 @@ def test_unreadable_image_and_skip_failures(fo_dataset, photos, corrupt_image, m
 
 def test_model_validates_like_run_bifta(encoder):
     with pytest.raises(ValueError, match="needs class descriptions"):
-        BiftaModel(CLASSES, method="bifta", encoder=encoder)
+        BiftaModel(CLASSES, method="bifta", encoder=EncoderSpec(instance=encoder))
     with pytest.raises(ValueError, match="Unknown config option"):
-        BiftaModel(CLASSES, method="clip", encoder=encoder, nope=1)
+        BiftaModel(CLASSES, method="clip", encoder=EncoderSpec(instance=encoder), nope=1)
     with pytest.raises(ValueError, match="duplicate"):
-        BiftaModel(["a", "a"], method="clip", encoder=encoder)
+        BiftaModel(["a", "a"], method="clip", encoder=EncoderSpec(instance=encoder))

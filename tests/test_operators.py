@@ -360,6 +360,7 @@ def test_delegated_request_queues_then_completes(dataset, base_params):
 
 def test_call_runs_from_python(dataset, tiny_model_name, descriptions_file):
     import fiftyone.operators as foo
+    from bifta_plugin.sdk.options import EncoderSpec, OutputSpec, RunOptions
 
     op = foo.get_operator(URI)
     result = op(
@@ -367,11 +368,9 @@ def test_call_runs_from_python(dataset, tiny_model_name, descriptions_file):
         classes=", ".join(CLASSES),
         descriptions_path=descriptions_file,
         method="descriptions",
-        label_field="called",
-        model_name=tiny_model_name,
-        pretrained=None,
-        device="cpu",
-        batch_size=2,
+        encoder=EncoderSpec(tiny_model_name, None, device="cpu"),
+        runtime=RunOptions(batch_size=2),
+        output=OutputSpec("called"),
     )
     assert result.result["num_samples"] == 2
     assert result.result["method"] == "descriptions"

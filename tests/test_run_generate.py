@@ -236,16 +236,16 @@ def test_delegated_run_generates_then_classifies(llm, dataset, base_params, tmp_
 def test_call_with_generate_missing(llm, dataset, tiny_model_name, partial_file):
     import fiftyone.operators as foo
 
+    from bifta_plugin.sdk.options import EncoderSpec, OutputSpec
+
     op = foo.get_operator(URI)
     res = op(
         dataset,
         classes=CLASSES,
         descriptions_path=partial_file,
         method="wca",
-        label_field="called",
-        model_name=tiny_model_name,
-        pretrained=None,
-        device="cpu",
+        output=OutputSpec("called"),
+        encoder=EncoderSpec(tiny_model_name, None, device="cpu"),
         num_candidates=3,
         max_views=3,
         generate_missing=True,

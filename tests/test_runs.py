@@ -7,6 +7,7 @@ import pytest
 from bifta_plugin import __version__
 from bifta_plugin.sdk import run as api, records as runs
 from bifta_plugin.core.config import get_config
+from bifta_plugin.sdk.options import EncoderSpec, OutputSpec, RunOptions
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -14,7 +15,7 @@ DESCRIPTIONS = {
     "astronaut": ["a person in a space suit"],
     "coffee": ["a cup of coffee"],
 }
-FAST = dict(num_candidates=8, max_views=8, num_workers=0)
+FAST = dict(num_candidates=8, max_views=8, runtime=RunOptions(num_workers=0))
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +31,12 @@ def two_runs(fo_dataset, sample_images, encoder):
     "second" (clip -> field "b")."""
     ds = fo_dataset(sample_images[:2])
     api.run_bifta(
-        ds, CLASSES, DESCRIPTIONS, label_field="a", run_key="first",
-        gt_field="ground_truth", encoder=encoder, **FAST,
+        ds, CLASSES, DESCRIPTIONS,
+        output=OutputSpec("a", run_key="first", gt_field="ground_truth"),
+        encoder=EncoderSpec(instance=encoder), **FAST,
     )
-    api.run_bifta(ds, CLASSES, label_field="b", run_key="second", method="clip",
-                  encoder=encoder, num_workers=0)
+    api.run_bifta(ds, CLASSES, output=OutputSpec("b", run_key="second"), method="clip",
+                  encoder=EncoderSpec(instance=encoder), runtime=RunOptions(num_workers=0))
     return ds
 
 

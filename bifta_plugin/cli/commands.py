@@ -18,8 +18,9 @@ Examples::
     # class descriptions from an LLM (API key from BIFTA_LLM_API_KEY only)
     python -m bifta_plugin describe --classes cat dog --output pets.json
 
-Every option maps to a keyword of :func:`bifta_plugin.api.run_bifta`
-(``--label-field`` -> ``label_field``, ...). ``--model-config FILE.json``
+Every option maps to a keyword of :func:`bifta_plugin.sdk.run.run_bifta` or
+an attribute of one of its option groups (``--label-field`` ->
+``OutputSpec.label_field``, ...). ``--model-config FILE.json``
 registers a custom open_clip model config (its name is the file stem), e.g.
 to use a local architecture together with ``--pretrained /path/weights.pt``.
 """
@@ -437,23 +438,33 @@ def _generate_missing(samples, kwargs: dict, args) -> None:
 
 
 def _run_kwargs(args) -> dict:
-    """``run_bifta`` keywords from the parsed arguments (same names)."""
+    """``run_bifta`` keywords from the parsed arguments (the option groups
+    of :mod:`bifta_plugin.sdk.options`, whose attribute names the options
+    spell)."""
+    from ..sdk.options import EncoderSpec, OutputSpec, RunOptions
+
     kwargs = dict(
-        label_field=args.label_field,
         method=args.method,
-        model_name=args.model_name,
-        pretrained=args.pretrained,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        crop_mode=args.crop_mode,
+        encoder=EncoderSpec(
+            model_name=args.model_name,
+            pretrained=args.pretrained,
+            device=args.device,
+            precision=args.precision,
+        ),
+        runtime=RunOptions(
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            crop_mode=args.crop_mode,
+            skip_existing=args.skip_existing,
+        ),
+        output=OutputSpec(
+            label_field=args.label_field,
+            gt_field=args.gt_field,
+            eval_key=args.eval_key,
+            run_key=args.run_key,
+        ),
         descriptions_format=args.descriptions_format,
-        skip_existing=args.skip_existing,
         overwrite=args.overwrite,
-        gt_field=args.gt_field,
-        eval_key=args.eval_key,
-        run_key=args.run_key,
         **_config_overrides(args),
     )
     if args.classes_field:

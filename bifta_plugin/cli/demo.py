@@ -32,6 +32,7 @@ PANELS = ("bifta_mispredictions", "bifta_explanation")
 
 
 def cmd_demo(args) -> int:
+    from ..sdk.options import EncoderSpec, OutputSpec, RunOptions
     from ..sdk.run import run_bifta
 
     import fiftyone as fo
@@ -61,12 +62,13 @@ def cmd_demo(args) -> int:
             else None
         ),
         method=args.method,
-        label_field="bifta",
-        gt_field="ground_truth",
-        encoder=encoder,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        crop_mode=args.crop_mode,
+        encoder=EncoderSpec(instance=encoder),
+        runtime=RunOptions(
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            crop_mode=args.crop_mode,
+        ),
+        output=OutputSpec("bifta", gt_field="ground_truth"),
         overwrite=True,
         **overrides,
     )

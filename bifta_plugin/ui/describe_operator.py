@@ -23,7 +23,7 @@ import fiftyone.operators.types as types
 from . import _common as ui
 from . import llm
 from .classes_form import classes_inputs, resolve_classes
-from .run_execution import Progress
+from .progress import report_to_ctx
 
 
 class GenerateDescriptions(foo.Operator):
@@ -60,21 +60,15 @@ class GenerateDescriptions(foo.Operator):
         from ..descriptions import generation  # stdlib HTTP; kept out of registration
 
         classes = resolve_classes(ctx.dataset, ctx.params)
-        output_path = _output_path(ctx.params)
-        progress = None
-        if ctx.delegated:
-            progress = Progress(
-                lambda f, label: ctx.set_progress(progress=f, label=label),
-                unit="prompts",
-            )
-        result = generation.generate_descriptions(
+        events = generation.iter_generate_descriptions(
             classes,
-            output_path,
+            _output_path(ctx.params),
             secrets=ctx.secrets,
-            progress=progress,
             **llm.generation_kwargs(ctx.params),
         )
-        return llm.generation_results(result)
+        # delegated: progress in the run's status; immediate: set_progress
+        # is a no-op and the result comes back at once
+        return llm.generation_results(report_to_ctx(ctx, events))
 
     def resolve_output(self, ctx):
         outputs = types.Object()

@@ -18,6 +18,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from ..sdk.options import EncoderSpec, OutputSpec, RunOptions, flatten_options
 from . import _common as ui
 from . import run_execution
 from .classes_form import classes_source
@@ -81,24 +82,14 @@ class RunBifta(foo.Operator):
         classes=None,
         descriptions_path=None,
         method="bifta",
-        label_field="bifta",
         *,
+        encoder: EncoderSpec = EncoderSpec(),
+        runtime: RunOptions = RunOptions(),
+        output: OutputSpec = OutputSpec(),
         classes_path=None,
         classes_field=None,
         descriptions_format="auto",
-        model_name="ViT-B-32",
-        pretrained="openai",
-        device="auto",
-        precision="auto",
-        batch_size=16,
-        num_workers=None,
-        crop_mode="auto",
-        gt_field=None,
-        eval_key=None,
-        run_key=None,
-        skip_existing=False,
         overwrite=False,
-        skip_failures=True,
         generate_missing=False,
         llm_base_url=None,
         llm_model=None,
@@ -111,21 +102,22 @@ class RunBifta(foo.Operator):
     ):
         """Run the operator from Python (immediately, or queued for delegation).
 
-        The same parameters as :func:`bifta_plugin.api.run_bifta`, which is
-        the primary SDK entry point (no operator timeout, returns a
+        The option groups of :func:`bifta_plugin.sdk.run.run_bifta`, which
+        is the primary SDK entry point (no operator timeout, returns a
         ``RunResult``); this wrapper exists to *queue* runs for a delegated
         orchestrator from Python, or to run exactly what the App runs.
 
         Example::
 
             import fiftyone.operators as foo
+            from bifta_plugin.sdk.options import OutputSpec
 
             op = foo.get_operator("@bifta/bifta/run_bifta")
 
             # immediately (inside FIFTYONE_OPERATOR_TIMEOUT, 600 s default)
             res = op(dataset, classes=["cat", "dog"],
                      descriptions_path="/path/descriptions.json",
-                     gt_field="ground_truth")
+                     output=OutputSpec(gt_field="ground_truth"))
             print(res.result["accuracy"])
 
             # queued; run with `fiftyone delegated launch`
@@ -141,21 +133,18 @@ class RunBifta(foo.Operator):
                 one, the description methods fall back to "ensemble" (noted
                 in the result's ``fallback``).
             method: "bifta", "wca", "descriptions", "ensemble" or "clip".
-            label_field: the ``fo.Classification`` field to write.
+            encoder, runtime, output: the option groups
+                (:mod:`bifta_plugin.sdk.options`), as for ``run_bifta``;
+                the run happens in another context, so ``encoder`` cannot
+                carry an ``instance``, ``cache_dir`` or ``model_config``.
             classes_path: a class list file (txt, one per line, or JSON list).
             classes_field: use the labels of this Classification field.
             descriptions_format: "auto", "cupl", "dclip" or "templates".
-            model_name, pretrained: the open_clip model and weights
-                (``pretrained="none"`` for random weights).
-            device, precision, batch_size, num_workers, crop_mode: runtime.
-            gt_field: a Classification field to evaluate against.
-            eval_key: the evaluation key (default chosen by the SDK).
-            run_key: the run key (default: ``label_field``).
-            skip_existing, overwrite, skip_failures: see the SDK.
+            overwrite: see ``run_bifta``.
             generate_missing: first ask an OpenAI-compatible LLM for
                 descriptions of the classes ``descriptions_path`` (a
                 ``.json`` file, created if missing) lacks, and save them to
-                it (:func:`bifta_plugin.generation.generate_descriptions`);
+                it (:func:`bifta_plugin.descriptions.generation.generate_descriptions`);
                 the API key comes from the ``BIFTA_LLM_API_KEY`` secret /
                 environment variable only.
             llm_base_url, llm_model, llm_samples_per_prompt,
@@ -186,20 +175,8 @@ class RunBifta(foo.Operator):
             descriptions_path=descriptions_path,
             descriptions_format=descriptions_format,
             method=method,
-            label_field=label_field,
-            model_name=model_name,
-            pretrained="none" if pretrained is None else str(pretrained),
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_mode=crop_mode,
-            gt_field=gt_field,
-            eval_key=eval_key,
-            run_key=run_key,
-            skip_existing=skip_existing,
+            **_group_params(encoder, runtime, output),
             overwrite=overwrite,
-            skip_failures=skip_failures,
             generate_missing=generate_missing or None,
             llm_base_url=llm_base_url,
             llm_model=llm_model,
@@ -226,6 +203,22 @@ class RunBifta(foo.Operator):
         if not delegate and result.result is None:
             result.result = run_execution.streamed_results(result)
         return result
+
+
+def _group_params(encoder: EncoderSpec, runtime: RunOptions, output: OutputSpec) -> dict:
+    """The option groups as the form's flat params."""
+    for name in ("instance", "cache_dir", "model_config"):
+        if getattr(encoder, name) is not None:
+            raise ValueError(
+                f"EncoderSpec.{name} cannot be passed to the operator (it runs "
+                "in another context); use run_bifta"
+            )
+    params = flatten_options(encoder, runtime, output)
+    for name in ("instance", "cache_dir", "model_config"):
+        params.pop(name)
+    pretrained = params["pretrained"]
+    params["pretrained"] = "none" if pretrained is None else os.fspath(pretrained)
+    return params
 
 
 # ============================================================================

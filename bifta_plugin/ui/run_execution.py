@@ -3,25 +3,26 @@
 ``build_run_request`` maps the form's params to :func:`bifta_plugin.api.run_bifta`
 keywords (same names) plus, when asked, a description-generation step that
 runs first (:func:`bifta_plugin.generation.generate_descriptions` on the
-classes the file lacks). Immediate runs execute in a worker thread and stream
-progress to the App; delegated runs report through ``ctx.set_progress``.
+classes the file lacks). Both are iterators of progress events
+(:mod:`.progress`): immediate runs yield them to the App from a generator
+``execute``, delegated runs report them through ``ctx.set_progress``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import queue
-import threading
-import time
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import fiftyone.operators.types as types
 
 from ..core import config as bifta_config
+from ..core.progress import ProgressEvent
 from . import _common as ui
 from . import llm
 from .classes_form import classes_kwargs, field_classes
+from .progress import progress_params, report_to_ctx, throttled
 from .run_form import (
     CONFIG_OVERRIDES,
     FALLBACK_METHOD,
@@ -138,134 +139,64 @@ def resolve_field_classes(request: RunRequest, dataset) -> None:
 # ----------------------------------------------------------------------------
 # run_bifta: execution
 # ----------------------------------------------------------------------------
-class RunCancelled(Exception):
-    """The App closed the stream of an immediate run."""
+def run_events(samples, request: RunRequest, secrets=None) -> Iterator[ProgressEvent]:
+    """The whole operation as one stream of progress events: description
+    generation (if asked), then :func:`~bifta_plugin.sdk.run.iter_bifta`;
+    the final event's ``result`` is the output dict.
 
-
-class Progress:
-    """A progress callable -> ``emit(fraction, label)``.
-
-    Accepts ``progress(done, total)`` and FiftyOne-style ``progress(pb)``
-    (an object with ``.progress``); labels read "done/total <unit>". Emits
-    at most every ``min_interval`` seconds, always the final 100 %; raises
-    :class:`RunCancelled` once ``cancel`` (an Event) is set.
+    Closing it cancels whichever step is running (the run is recorded as
+    "interrupted"; generated classes stay saved).
     """
-
-    def __init__(
-        self,
-        emit: Callable,
-        min_interval: float = 0.0,
-        cancel=None,
-        unit: str = "samples",
-    ):
-        self.emit = emit
-        self.min_interval = min_interval
-        self.cancel = cancel
-        self.unit = unit
-        self._last = 0.0
-
-    def __call__(self, *args, **kwargs):
-        if self.cancel is not None and self.cancel.is_set():
-            raise RunCancelled("the App closed the operation")
-        fraction, label = _progress_args(args, kwargs, self.unit)
-        if fraction is None:
-            return
-        now = time.monotonic()
-        if fraction < 1 and now - self._last < self.min_interval:
-            return
-        self._last = now
-        self.emit(fraction, label)
-
-
-def _progress_args(args, kwargs, unit: str):
-    if "done" in kwargs and "total" in kwargs:
-        args = (kwargs["done"], kwargs["total"])
-    if len(args) >= 2 and all(isinstance(a, (int, float)) for a in args[:2]):
-        done, total = args[:2]
-        fraction = min(1.0, done / total) if total else 1.0
-        return fraction, f"{done}/{total} {unit}"
-    if len(args) == 1:
-        value = args[0]
-        if isinstance(value, (int, float)):
-            return float(value), f"{100 * float(value):.0f}%"
-        fraction = getattr(value, "progress", None)  # FiftyOne's ProgressBar
-        if isinstance(fraction, (int, float)):
-            done, total = getattr(value, "iteration", None), getattr(
-                value, "total", None
-            )
-            if isinstance(done, int) and isinstance(total, int):
-                return float(fraction), f"{done}/{total} {unit}"
-            return float(fraction), f"{100 * float(fraction):.0f}%"
-    return None, None
-
-
-def _progress_pair(emit: Callable, min_interval: float, cancel=None):
-    """(generation progress, classification progress) sharing ``emit``."""
-    return (
-        Progress(emit, min_interval, cancel, unit="description prompts"),
-        Progress(emit, min_interval, cancel, unit="samples"),
-    )
-
-
-def _call_run_bifta(
-    samples, request: RunRequest, progress, secrets=None, generation_progress=None
-) -> dict:
-    """Generate missing descriptions (if asked), then run; the output dict."""
     generated = None
     if request.generate is not None:
-        generated = generate_missing(request, secrets, generation_progress)
-
+        with contextlib.closing(_generation_events(request, secrets)) as events:
+            for event in events:
+                if event.is_final:
+                    generated = llm.generation_results(event.result)
+                else:
+                    yield event
     from ..sdk import run as api  # the engine: torch, open_clip
+    from ..sdk.options import split_options
 
-    result = api.run_bifta(samples, progress=progress, **request.kwargs)
-    out = _output(result, request)
-    out["generation"] = generated
-    return out
+    with contextlib.closing(api.iter_bifta(samples, **split_options(request.kwargs))) as events:
+        for event in events:
+            if not event.is_final:
+                yield event
+                continue
+            out = _output(event.result, request)
+            out["generation"] = generated
+            yield dataclasses.replace(event, result=out)
 
 
-def generate_missing(request: RunRequest, secrets=None, progress=None) -> dict:
-    """Complete the request's descriptions file with the LLM.
+def _generation_events(request: RunRequest, secrets=None) -> Iterator[ProgressEvent]:
+    """Complete the request's descriptions file with the LLM
+    (:func:`~bifta_plugin.descriptions.generation.iter_generate_before_run`:
+    a class still without description afterwards is an error, and nothing
+    is classified); events labelled in description prompts.
 
-    Args:
-        request: with ``generate`` set and ``kwargs["classes"]`` resolved.
-        secrets: a plain mapping of endpoint secrets
-            (:func:`~bifta_plugin.llm_client.endpoint_secrets`).
-        progress: ``progress(done, total)`` over the prompts.
-
-    Returns:
-        the generation summary (:func:`.llm.generation_results`).
-
-    Raises:
-        ValueError: a class still has no description after generation (the
-            LLM's replies had no usable sentence); nothing was classified
-            (:func:`~bifta_plugin.generation.generate_before_run`).
-        GenerationError: the endpoint failed; classes finished before it
-            stay saved in the file.
+    ``secrets`` is a plain mapping of endpoint secrets
+    (:func:`~bifta_plugin.descriptions.llm_client.endpoint_secrets`).
     """
-    from ..descriptions.generation import generate_before_run  # stdlib HTTP
+    from ..descriptions.generation import iter_generate_before_run  # stdlib HTTP
 
     step = request.generate
-    result = generate_before_run(
-        request.kwargs["classes"],
-        step.output_path,
-        secrets=secrets,
-        progress=progress,
-        **step.settings,
+    events = iter_generate_before_run(
+        request.kwargs["classes"], step.output_path, secrets=secrets, **step.settings
     )
-    return llm.generation_results(result)
+    with contextlib.closing(events):
+        for event in events:
+            if not event.is_final:
+                event = dataclasses.replace(
+                    event, message=f"{event.done}/{event.total} description prompts"
+                )
+            yield event
 
 
 def _output(result, request: RunRequest) -> dict:
-    out = (
-        dict(result.to_dict()) if hasattr(result, "to_dict") else dict(result)
-    )
+    out = dict(result.to_dict())
     out["method_requested"] = request.method_requested
     out["fallback"] = request.fallback
-    out.setdefault("method", request.kwargs.get("method"))
-    out.setdefault("label_field", request.kwargs.get("label_field", "bifta"))
-    summary = result.summary() if hasattr(result, "summary") else None
-    if isinstance(summary, str):
-        out["summary"] = summary
+    out["summary"] = result.summary()
     return jsonable(out)
 
 
@@ -281,62 +212,23 @@ def execute(ctx):
         # read here: ctx.secrets resolves through the operator's context
         secrets = endpoint_secrets(ctx.secrets)
     if ctx.delegated:
-        return _execute_delegated(ctx, request, secrets)
+        return report_to_ctx(ctx, run_events(ctx.target_view(), request, secrets), 5.0)
     return _execute_streaming(ctx, request, secrets)
 
 
-def _execute_delegated(ctx, request: RunRequest, secrets) -> dict:
-    samples = ctx.target_view()
-    generation_progress, progress = _progress_pair(
-        lambda fraction, label: ctx.set_progress(
-            progress=fraction, label=label
-        ),
-        min_interval=5.0,
-    )
-    return _call_run_bifta(
-        samples, request, progress, secrets, generation_progress
-    )
-
-
 def _execute_streaming(ctx, request: RunRequest, secrets):
-    """Immediate run: the SDK call runs in a worker thread while this
-    generator streams its progress to the App."""
-    samples = ctx.target_view()
+    """Immediate run: a generator that yields the run's progress to the App
+    between batches, then its summary. FiftyOne closes it when the App's
+    client goes, which cancels the run at its next batch."""
     request.kwargs["num_workers"] = 0  # no DataLoader processes in the App
-    events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-    generation_progress, progress = _progress_pair(
-        lambda f, label: events.put(
-            ("progress", dict(progress=f, label=label))
-        ),
-        min_interval=0.5,
-        cancel=cancel,
-    )
-
-    def work():
-        try:
-            output = _call_run_bifta(
-                samples, request, progress, secrets, generation_progress
-            )
-            events.put(("done", output))
-        except BaseException as e:  # re-raised in the generator
-            events.put(("error", e))
-
-    thread = threading.Thread(target=work, name="bifta-run", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, payload = events.get()
-            if kind == "progress":
-                yield ctx.trigger("set_progress", payload)
-            elif kind == "error":
-                raise payload
+    events = throttled(run_events(ctx.target_view(), request, secrets), 0.5)
+    output = None
+    with contextlib.closing(events):
+        for event in events:
+            if event.is_final:
+                output = event.result
             else:
-                output = payload
-                break
-    finally:
-        cancel.set()  # stops the worker at its next batch if the App left
-    thread.join()
+                yield ctx.trigger("set_progress", progress_params(event))
     yield ctx.trigger("reload_dataset")
     yield ctx.ops.show_output(summary_outputs(output).to_json(), output)
 
