@@ -125,6 +125,58 @@ def test_immediate_run_writes_fields_and_streams_progress(
     assert dataset.has_evaluation("eval_pred")
 
 
+def test_progress_is_streamed_between_batches_by_the_real_executor(dataset, base_params):
+    """Immediate execution: the operator's generator yields set_progress
+    messages, which the executor records in order (what the App receives)."""
+    from bifta_plugin.ui.run_execution import streamed_results
+
+    result = _execute(dataset, dict(base_params, method="clip", batch_size=1))
+    progress = [
+        r["params"]
+        for r in result.executor.to_json()["requests"]
+        if r["operator_uri"] == "set_progress"
+    ]
+    labels = [p["label"] for p in progress]
+    assert labels[0].startswith("model ready on cpu; 3 of 3 samples to do")
+    assert labels[1] == "1/3 samples"  # the first batch, always shown
+    assert labels[-1] == "3/3 samples" and progress[-1]["progress"] == 1.0
+    fractions = [p["progress"] for p in progress]
+    assert fractions == sorted(fractions)
+    assert streamed_results(result)["num_processed"] == 3
+
+
+def test_closing_the_operator_generator_interrupts_the_run(dataset, base_params):
+    """What the App server does when its client goes: the executor's
+    generator is closed mid-run. The run stops between batches, is recorded
+    as interrupted with its counts, and resumes with skip_existing."""
+    import asyncio
+
+    from fiftyone.operators.executor import execute_or_delegate_operator
+    from bifta_plugin.sdk import records as runs
+    from bifta_plugin.ui.run_execution import streamed_results
+
+    params = dict(base_params, method="clip", batch_size=1)
+    request = dict(dataset_name=dataset.name, view=dataset.view()._serialize(), params=params)
+    execution = asyncio.run(execute_or_delegate_operator(URI, request))
+    assert execution.is_generator
+    labels = []
+    for message in execution.result:
+        labels.append(message.body.params.get("label"))
+        if labels[-1] == "1/3 samples":
+            break
+    execution.result.close()
+
+    dataset.reload()
+    info = runs.get_bifta_run_info(dataset, "bifta")
+    assert info["status"] == "interrupted"
+    assert info["results"]["num_processed"] == 1
+    assert dataset.count("bifta") == 1
+
+    out = streamed_results(_execute(dataset, dict(params, skip_existing=True)))
+    assert (out["num_processed"], out["num_skipped"]) == (2, 1)
+    assert runs.get_bifta_run_info(dataset, "bifta")["status"] == "completed"
+
+
 def test_missing_descriptions_fall_back_to_ensemble(dataset, base_params):
     from bifta_plugin.ui.run_execution import streamed_results
 
