@@ -1,9 +1,9 @@
 """A FiftyOne :class:`~fiftyone.core.models.Model` for ``apply_model``.
 
-:class:`BiftaModel` wraps one :class:`~bifta_plugin.pipeline.BiftaClassifier`
-and converts its predictions with :mod:`bifta_plugin.labels`; it holds no
+:class:`BiftaModel` wraps one :class:`~bifta_plugin.engine.pipeline.BiftaClassifier`
+and converts its predictions with :mod:`bifta_plugin.sdk.labels`; it holds no
 math. Crop boxes are keyed by each sample's ``filepath`` (the model is a
-``SamplesMixin``), exactly as in :func:`bifta_plugin.api.run_bifta`, so both
+``SamplesMixin``), exactly as in :func:`bifta_plugin.sdk.run.run_bifta`, so both
 paths draw the same crops for the same image.
 
 Field names. For a crop method ("wca", "bifta") :meth:`BiftaModel.predict`
@@ -24,7 +24,7 @@ For the global methods ("clip", "ensemble", "descriptions"), or with
 ``label_fields("bifta")`` is simply ``"bifta"``.
 
 The model writes no per-class fields, errors or runs: use
-:func:`~bifta_plugin.api.run_bifta` for the full contract, provenance,
+:func:`~bifta_plugin.sdk.run.run_bifta` for the full contract, provenance,
 resuming and evaluation.
 """
 

@@ -1,4 +1,4 @@
-"""What one :func:`bifta_plugin.api.run_bifta` call did, and the error it
+"""What one :func:`bifta_plugin.sdk.run.run_bifta` call did, and the error it
 raises with ``skip_failures=False``."""
 
 from __future__ import annotations

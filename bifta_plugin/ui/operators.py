@@ -1,7 +1,8 @@
 """Operators of the ``@bifta/bifta`` plugin: thin shells over the SDK.
 
-- ``run_bifta`` wraps :func:`bifta_plugin.api.run_bifta`; its param names
-  are the SDK's keyword names, so every form has an equivalent SDK call;
+- ``run_bifta`` wraps :func:`bifta_plugin.sdk.run.iter_bifta`; its param
+  names are the SDK's keyword and option-group attribute names, so every
+  form has an equivalent SDK call;
 - ``get_bifta_run_info`` / ``delete_bifta_run`` wrap
   :mod:`bifta_plugin.runs`.
 

@@ -1,9 +1,11 @@
 """``run_bifta`` execution: params -> SDK call, progress, output.
 
-``build_run_request`` maps the form's params to :func:`bifta_plugin.api.run_bifta`
-keywords (same names) plus, when asked, a description-generation step that
-runs first (:func:`bifta_plugin.generation.generate_descriptions` on the
-classes the file lacks). Both are iterators of progress events
+``build_run_request`` maps the form's params to flat
+:func:`bifta_plugin.sdk.run.iter_bifta` settings (keyword and option-group
+attribute names, grouped by :func:`~bifta_plugin.sdk.options.split_options`),
+plus, when asked, a description-generation step that runs first
+(:func:`~bifta_plugin.descriptions.generation.iter_generate_before_run` on
+the classes the file lacks). Both are iterators of progress events
 (:mod:`.progress`): immediate runs yield them to the App from a generator
 ``execute``, delegated runs report them through ``ctx.set_progress``.
 """
@@ -53,10 +55,11 @@ class GenerationStep:
 
 @dataclasses.dataclass
 class RunRequest:
-    """What ``execute`` passes to ``api.run_bifta`` plus notes for the output.
+    """What ``execute`` passes to ``iter_bifta`` plus notes for the output.
 
     Attributes:
-        kwargs: keyword arguments of ``run_bifta`` (except samples/progress).
+        kwargs: ``iter_bifta`` settings, flat (except samples); grouped by
+            :func:`~bifta_plugin.sdk.options.split_options` at the call.
         method_requested: the method the user asked for.
         fallback: why another method ran, or None.
         generate: descriptions to generate first, or None.
