@@ -165,3 +165,18 @@ def test_split_options_groups_flat_params():
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         kwargs["runtime"].batch_size = 8
+
+
+def test_option_names_are_unique_and_never_config_fields():
+    from bifta_plugin.core.config import BiftaConfig
+    from bifta_plugin.sdk.options import GROUPS, option_names
+
+    names = [n for group in GROUPS.values() for n in option_names(group)]
+    assert len(names) == len(set(names))
+    config_fields = {f.name for f in dataclasses.fields(BiftaConfig)}
+    assert not set(names) & config_fields  # split_options never takes an override
+
+
+def test_encoder_spec_model_config_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        EncoderSpec("my-arch", None, model_config=tmp_path / "my-arch.json").build()
