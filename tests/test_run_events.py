@@ -5,8 +5,6 @@ import dataclasses
 
 import pytest
 
-import fiftyone as fo
-
 from bifta_plugin.core.progress import ProgressEvent
 from bifta_plugin.sdk import records as runs
 from bifta_plugin.sdk.options import EncoderSpec, OutputSpec, RunOptions, split_options
