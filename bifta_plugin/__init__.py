@@ -22,6 +22,7 @@ _LAZY = {
     "load_bifta_config": "sdk.records",
     "latest_bifta_run": "sdk.records",
     "delete_bifta_run": "sdk.records",
+    "score_field": "sdk.records",
     "safe_field_names": "sdk.labels",
 }
 

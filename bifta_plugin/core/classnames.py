@@ -43,8 +43,13 @@ def dclip_sentence(class_name: str, descriptor: str) -> str:
     return f"{wordify(class_name)}, {which}"
 
 
-def validate_classes(classes) -> list[str]:
-    """Check a user's class list: non-empty, strings, no duplicates.
+def validate_classes(classes, check_prompts: bool = True) -> list[str]:
+    """Check a user's class list: non-empty, strings, no duplicates, and no
+    two names that normalise to the same prompt (:func:`prompt_key`).
+
+    ``check_prompts=False`` skips the last check, for readers that report
+    such names instead (description files match keys case-insensitively and
+    list them under ``duplicate_classes``); a run always checks.
 
     Raises:
         ValueError: naming the problem.
@@ -70,7 +75,35 @@ def validate_classes(classes) -> list[str]:
             f"duplicate class names {dups}: two classes with the same name "
             "get identical class vectors and the later one can never win"
         )
+    if check_prompts:
+        _check_same_prompt(classes)
     return classes
+
+
+def prompt_key(name: str) -> str:
+    """What CLIP's tokenizer sees of a class name in a prompt.
+
+    :func:`wordify` spelling, then lower case and whitespace collapsed (the
+    tokenizer's own cleaning), so "Cat", "cat " and "cat" share a key, as do
+    "golden_retriever" and "golden retriever".
+    """
+    return " ".join(wordify(name).lower().split())
+
+
+def _check_same_prompt(classes: list[str]) -> None:
+    """Raise for distinct names that give identical prompts (and vectors)."""
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(prompt_key(c), []).append(c)
+    clashes = [names for names in groups.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(" / ".join(repr(n) for n in names) for names in clashes[:5])
+        raise ValueError(
+            f"class names that differ only in case, spaces or underscores: "
+            f"{shown}. They get identical prompts (CLIP's tokenizer ignores "
+            "case and extra spaces), so the later one can never win; keep one "
+            "spelling of each"
+        )
 
 
 def preview(items, limit: int = 8) -> str:

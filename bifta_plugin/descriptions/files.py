@@ -75,8 +75,10 @@ class MatchReport:
             differently but normalising to an earlier class's name. They
             share one description list, hence one class vector, so the
             later one can never win the argmax (Places365 repeats 19 names).
-        truncated: texts longer than the encoder's context (CLIP: 77 tokens), or None until a
+        truncated: texts longer than the encoder's context, or None until a
             caller with an encoder runs :meth:`DescriptionSet.with_lengths_checked`.
+        context_length: that context in tokens (the encoder's own, e.g. 77
+            for OpenAI CLIP), or None when unknown.
     """
 
     missing: list = field(default_factory=list)
@@ -88,6 +90,7 @@ class MatchReport:
     empty_dropped: int = 0
     duplicate_classes: list = field(default_factory=list)
     truncated: int | None = None
+    context_length: int | None = None
 
     @property
     def total(self) -> int:
@@ -117,11 +120,13 @@ class DescriptionSet:
         descriptions: ``{class name: [texts]}`` in class order; classes
             without descriptions are absent (see :meth:`missing_classes`).
         classes: the class names asked for (duplicates removed), in order.
-        source: the file path, ``"inline"``, or ``"generated:<model>"``.
+        source: the file's absolute path, ``"inline"``, or ``"generated:<model>"``.
         format: the format actually used (never ``"auto"``).
         sha256: hash of the canonical JSON of ``descriptions`` (sorted keys,
             list order kept since BiFTA's refinement depends on it).
         report: a :class:`MatchReport`.
+        file_sha256: SHA-256 of the file's bytes (what ``sha256sum`` prints),
+            or None for in-memory descriptions.
         provenance: ``source``, ``format``, ``sha256``, plus ``generation``
             (the sidecar written by :mod:`.generation`) when there is one.
     """
@@ -133,6 +138,7 @@ class DescriptionSet:
     sha256: str
     report: MatchReport
     provenance: dict = field(default_factory=dict)
+    file_sha256: str | None = None
 
     def missing_classes(self) -> list[str]:
         """Classes that have no descriptions, in class order."""
@@ -161,21 +167,25 @@ class DescriptionSet:
             )
         return self
 
-    def with_lengths_checked(self, count_truncated: Callable[[list], int]) -> "DescriptionSet":
+    def with_lengths_checked(
+        self, count_truncated: Callable[[list], int], context_length: int | None = None
+    ) -> "DescriptionSet":
         """This set with the texts the tokenizer will truncate counted in
-        its report (``report.truncated``).
+        its report (``report.truncated``, and ``report.context_length``).
 
         Args:
             count_truncated: ``list[str] -> int``, e.g. the encoder's
                 ``count_truncated`` (texts over CLIP's 77-token context are
                 cut at encode time, silently, as in the reference).
+            context_length: the encoder's context in tokens, for the report.
 
         Returns:
             A new :class:`DescriptionSet` (this one is unchanged).
         """
         texts = [t for group in self.descriptions.values() for t in group]
         truncated = int(count_truncated(texts)) if texts else 0
-        return replace(self, report=replace(self.report, truncated=truncated))
+        report = replace(self.report, truncated=truncated, context_length=context_length)
+        return replace(self, report=report)
 
     def summary(self) -> str:
         """A human-readable multi-line report."""
@@ -189,6 +199,7 @@ class DescriptionSet:
             source=self.source,
             format=self.format,
             sha256=self.sha256,
+            file_sha256=self.file_sha256,
             report=self.report.to_dict(),
             provenance=dict(self.provenance),
         )
@@ -548,7 +559,8 @@ def _check_classes(classes: Sequence[str]) -> tuple[list[str], list[str]]:
         validate_classes(classes)  # raises its "must be a list" error
     classes = list(classes)
     hashable = all(isinstance(c, str) for c in classes)
-    validate_classes(list(dict.fromkeys(classes)) if hashable else classes)
+    # spellings of one name are reported below, not refused: runs refuse them
+    validate_classes(list(dict.fromkeys(classes)) if hashable else classes, check_prompts=False)
     unique, repeated, seen = [], [], set()
     for name in classes:
         key = normalize_name(name)
@@ -699,7 +711,7 @@ def _finish(
     report.counts = {c: len(texts.get(c, ())) for c in classes}
     descriptions = {c: texts[c] for c in classes if texts.get(c)}
     sha = mapping_sha256(descriptions)
-    source = str(path) if path is not None else "inline"
+    source = os.path.abspath(path) if path is not None else "inline"
     provenance = dict(source=source, format=fmt, sha256=sha)
     if report.missing:
         logger.warning(
@@ -713,6 +725,7 @@ def _finish(
         sha256=sha,
         report=report,
         provenance=provenance,
+        file_sha256=None if path is None else hashlib.sha256(path.read_bytes()).hexdigest(),
     )
 
 
@@ -797,7 +810,7 @@ def _summary_lines(ds: DescriptionSet) -> list[str]:
     counts = [n for n in r.counts.values() if n]
     lines = [
         f"Descriptions: {len(ds.descriptions)}/{len(ds.classes)} classes from "
-        f"{ds.source} (format {ds.format}, sha256 {ds.sha256[:12]})"
+        f"{ds.source} (format {ds.format}, sha256 {(ds.file_sha256 or ds.sha256)[:12]})"
     ]
     if counts:
         lines.append(
@@ -829,8 +842,9 @@ def _summary_lines(ds: DescriptionSet) -> list[str]:
         lines.append(f"  dropped {r.empty_dropped} empty entries")
     if r.truncated:
         lines.append(
-            f"  {r.truncated} texts exceed the text encoder's context (CLIP: 77 "
-            "tokens) and are truncated when encoded"
+            f"  {r.truncated} texts exceed the text encoder's context"
+            f"{'' if r.context_length is None else f' ({r.context_length} tokens)'}"
+            " and are truncated when encoded"
         )
     generation = ds.provenance.get("generation")
     if generation:

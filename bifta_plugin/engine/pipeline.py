@@ -22,6 +22,7 @@ mean over runs, and each run's label is kept for mean/std accuracy.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from ..core import boxes as box_ops
 from ..core import crops, scoring
 from ..core.config import BiftaConfig, get_config
 from ..core.text import TextSide, build_text_side, validate_classes
+from . import decode
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ class RuntimeOptions:
             device) or "auto" (fast on an accelerator, exact on CPU; the
             resolved mode is recorded with every run).
         text_batch_size: texts per text-encoder forward pass.
+        exif_transpose: apply EXIF orientation when decoding (the frame the
+            App and FiftyOne's metadata show); False reads the raw frame, as
+            the reference does.
+        jpeg_draft: decode JPEGs at a reduced size (libjpeg's 1/2..1/8 DCT
+            scaling) as long as the smallest crop keeps the model's input
+            size; much faster for large photos but not the reference's full
+            decode, so pixels (and rarely predictions) differ slightly.
     """
 
     batch_size: int = 16
@@ -65,6 +74,8 @@ class RuntimeOptions:
     num_workers: int | None = None
     crop_mode: str = "auto"
     text_batch_size: int = 256
+    exif_transpose: bool = True
+    jpeg_draft: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "text_batch_size"):
@@ -155,19 +166,6 @@ class _Item:
     source: np.ndarray | None = None  # fast: [h, w, 3] uint8
     view_boxes: Tensor | None = None  # fast: [1 + K, 4] float in source pixels
     error: str | None = None
-
-
-def open_rgb(source) -> Image.Image:
-    """A path, PIL image or HWC uint8 array as an RGB PIL image."""
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
-        image = Image.fromarray(source)
-    else:
-        with Image.open(source) as handle:
-            handle.load()
-            image = handle.copy() if handle.mode == "RGB" else handle.convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def default_key(source, index: int) -> str:
@@ -266,18 +264,21 @@ class BiftaClassifier:
         )
 
     def _prepare(self, index: int, source, key: str) -> _Item:
+        min_fraction = self.config.min_scale if self.config.uses_crops else 1.0
+        draft = math.ceil(self.plan.size / min_fraction) if self.runtime.jpeg_draft else None
         try:
-            image = open_rgb(source)
+            decoded = decode.decode_image(source, self.runtime.exif_transpose, draft)
         except IMAGE_ERRORS as e:
             return _Item(index, key, error=f"cannot read image {_name(source)}: {e}")
-        width, height = image.size
+        image, width, height = decoded.image, decoded.width, decoded.height
         boxes = self.crop_boxes(width, height, key)
         item = _Item(index, key, width, height, boxes=boxes)
         if self.crop_mode == "exact":
-            item.pixels = crops.exact_view_pixels(image, boxes, self.plan)
+            decode.warn_if_slow(source, width, height, self.runtime.jpeg_draft)
+            item.pixels = crops.exact_view_pixels(image, decode.boxes_in(decoded, boxes), self.plan)
         else:
-            min_fraction = self.config.min_scale if self.config.uses_crops else 1.0
             item.source, (sx, sy) = crops.fast_source(image, self.plan.size, min_fraction)
+            sx, sy = sx * decoded.scale[0], sy * decoded.scale[1]
             all_boxes = torch.cat(
                 [
                     torch.tensor([crops.global_view_box(width, height, self.plan.resize_mode)]),

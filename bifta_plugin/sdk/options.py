@@ -86,6 +86,12 @@ class RunOptions:
             0 decodes in the calling process).
         crop_mode: "exact", "fast" or "auto" (see
             :class:`~bifta_plugin.engine.pipeline.RuntimeOptions`).
+        exif_transpose: apply the images' EXIF orientation (default), so
+            crops and boxes are in the frame the App shows; False reads the
+            raw frame, as the reference does (see
+            :class:`~bifta_plugin.engine.pipeline.RuntimeOptions`).
+        jpeg_draft: decode large JPEGs at reduced size (fast; not the
+            reference's full decode, so scores move slightly).
         skip_existing: only process samples whose ``L`` and ``L_error`` are
             both empty (resume an interrupted run).
         skip_failures: record a failing image in ``L_error`` and go on;
@@ -96,6 +102,8 @@ class RunOptions:
     batch_size: int = 16
     num_workers: int | None = None
     crop_mode: str = "auto"
+    exif_transpose: bool = True
+    jpeg_draft: bool = False
     skip_existing: bool = False
     skip_failures: bool = True
 

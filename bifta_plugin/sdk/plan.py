@@ -269,11 +269,12 @@ def make_plan(
 def _check_runtime(runtime: RunOptions) -> RuntimeOptions:
     if not isinstance(runtime, RunOptions):
         raise ValueError(f"runtime must be a RunOptions; got {type(runtime).__name__}")
-    for name in ("skip_existing", "skip_failures"):
+    for name in ("skip_existing", "skip_failures", "exif_transpose", "jpeg_draft"):
         if not isinstance(getattr(runtime, name), bool):
             raise ValueError(f"{name} must be True or False; got {getattr(runtime, name)!r}")
     return RuntimeOptions(
-        batch_size=runtime.batch_size, num_workers=runtime.num_workers, crop_mode=runtime.crop_mode
+        batch_size=runtime.batch_size, num_workers=runtime.num_workers, crop_mode=runtime.crop_mode,
+        exif_transpose=runtime.exif_transpose, jpeg_draft=runtime.jpeg_draft,
     )
 
 

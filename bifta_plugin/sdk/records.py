@@ -18,7 +18,10 @@ Config parameters (see ``docs/ARCHITECTURE.md``):
   ``top_k``;
 - ``model_name``, ``pretrained``, ``model_identity``, ``device``,
   ``precision``, ``crop_mode``, ``logit_scale``, ``runtime``;
-- ``descriptions`` (``source``, ``format``, ``sha256``, ``provenance``) or
+- ``descriptions`` (``source``: the file's absolute path; ``format``;
+  ``sha256``: the file's own SHA-256 as ``sha256sum`` prints it, or the
+  canonical hash for in-memory descriptions; ``content_sha256``: the
+  canonical hash of the descriptions used; ``provenance``) or
   None, ``descriptions_kept``;
 - ``config`` (the full :class:`~bifta_plugin.config.BiftaConfig`),
   ``package_version``, ``timestamp`` (ISO 8601 UTC, when the run started);
@@ -160,6 +163,47 @@ def get_bifta_run_info(samples, run_key: str) -> dict:
     if info is None or not _is_bifta_config(info.config):
         raise _not_a_run(run_key, list_bifta_runs(samples))
     return _info_dict(run_key, info)
+
+
+def score_field(samples_or_info, run_key: str | None, class_name: str) -> str:
+    """The path of a class's probability under a run's ``L_scores`` field.
+
+    Class names become safe field names (``"t-shirt"`` -> ``t_shirt``), so
+    ``F("bifta_scores.t-shirt")`` would match nothing; use
+    ``dataset.match(F(score_field(dataset, "bifta", "t-shirt")) > 0.5)``.
+
+    Args:
+        samples_or_info: a collection (then ``run_key`` names the run) or
+            the dict :func:`get_bifta_run_info` returned (``run_key`` may be None).
+        run_key: the run.
+        class_name: one of the run's classes, spelled as given to the run.
+
+    Returns:
+        e.g. ``"bifta_scores.t_shirt"``.
+
+    Raises:
+        ValueError: not a class of the run, or the run wrote ``L_topk``
+            (more classes than ``max_class_fields``) instead of scores.
+    """
+    if isinstance(samples_or_info, dict):
+        info = samples_or_info
+    else:
+        info = get_bifta_run_info(samples_or_info, run_key)
+    key = info.get("key", run_key)
+    classes, names = info.get("classes") or [], info.get("class_fields")
+    scores = (info.get("fields") or {}).get("scores")
+    if not names or scores is None:
+        raise ValueError(
+            f"BiFTA run {key!r} has no per-class score fields "
+            f"(it has {len(classes)} classes, above max_class_fields; it wrote top-k "
+            "Classifications instead)"
+        )
+    if class_name not in classes:
+        raise ValueError(
+            f"{class_name!r} is not a class of BiFTA run {key!r}; classes: "
+            f"{classes[:10]}{' ...' if len(classes) > 10 else ''}"
+        )
+    return f"{scores}.{names[classes.index(class_name)]}"
 
 
 def load_bifta_config(samples, run_key: str) -> BiftaConfig:

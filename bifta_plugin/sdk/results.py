@@ -50,8 +50,9 @@ class RunResult:
         accuracy_runs_mean, accuracy_runs_std: resample protocol only: mean
             and population std (ddof=0) of the per-run accuracies.
         elapsed_s: wall time of the whole call.
-        images_per_s: images (processed or failed) per second of
-            prediction time.
+        images_per_s: images (processed or failed) per second, from
+            declaring the fields to the last write (field setup, decoding,
+            encoding, scoring and writing; not model loading).
         crop_mode: the resolved crop mode ("exact" or "fast").
         device: where the encoder ran.
         descriptions_kept: per class ``{label, candidates, kept}``: how many
@@ -95,7 +96,7 @@ class RunResult:
             f"BiFTA run {self.run_key!r} ({self.method}) -> {self.label_field!r}: "
             f"{self.num_processed} processed, {self.num_skipped} skipped, "
             f"{self.num_failed} failed of {self.num_samples} samples "
-            f"in {self.elapsed_s:.1f}s ({self.images_per_s:.1f} images/s, "
+            f"in {self.elapsed_s:.1f}s ({format_rate(self.images_per_s)}, "
             f"{self.device}, crop mode {self.crop_mode})."
         ]
         if self.accuracy is not None:
@@ -115,3 +116,16 @@ class RunResult:
             sid, msg = self.failures[0]
             parts.append(f"First failure: sample {sid}: {msg}")
         return " ".join(parts)
+
+
+def format_rate(images_per_s: float) -> str:
+    """Throughput with 3 significant digits; seconds per image below 1/s.
+
+    ``"12.3 images/s"``; below one image per second ``"2.37 s/image"``
+    (a fixed one decimal would print a slow CPU run as "0.0 images/s").
+    """
+    if images_per_s <= 0:
+        return "no images timed"
+    if images_per_s >= 1:
+        return f"{images_per_s:.3g} images/s"
+    return f"{1 / images_per_s:.3g} s/image"

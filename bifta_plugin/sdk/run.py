@@ -192,6 +192,7 @@ def _run(plan: RunPlan, spec: EncoderSpec) -> Iterator[ProgressEvent]:
     plan = dataclasses.replace(
         plan, deletions=plan.deletions | run_identity_conflict(plan, params)
     ).require_allowed()
+    writing_start = time.perf_counter()
     rw.prepare_dataset(plan, params)
     result = _new_result(plan, classifier, params)
     try:
@@ -200,7 +201,7 @@ def _run(plan: RunPlan, spec: EncoderSpec) -> Iterator[ProgressEvent]:
             "setup", 0, len(ids),
             f"model ready on {result.device}; {len(ids)} of {result.num_samples} samples to do",
         )
-        yield from rw.iter_batches(plan, classifier, result, ids, paths)
+        yield from rw.iter_batches(plan, classifier, result, ids, paths, since=writing_start)
         if plan.output.gt_field is not None:
             yield ProgressEvent("evaluate", 0, 1, f"evaluating against {plan.output.gt_field!r}")
             rw.evaluate(plan, result)
@@ -220,7 +221,9 @@ def _with_truncation(plan: RunPlan, encoder) -> RunPlan:
     descriptions = plan.descriptions
     if descriptions is None or not hasattr(encoder, "count_truncated"):
         return plan
-    checked = descriptions.with_lengths_checked(encoder.count_truncated)
+    checked = descriptions.with_lengths_checked(
+        encoder.count_truncated, getattr(encoder, "context_length", None)
+    )
     truncated = checked.report.truncated
     if truncated:
         logger.warning(
