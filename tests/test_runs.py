@@ -63,7 +63,7 @@ def test_run_info_carries_the_provenance(two_runs):
     assert info["type"] == "bifta" and info["key"] == "first"
     assert info["method"] == "bifta"
     assert info["label_field"] == "a"
-    assert info["fields"] == {"label": "a", "crops": "a_crops", "scores": "a_scores", "error": "a_error"}
+    assert info["fields"] == {"label": "a", "crops": "a_crops", "scores": "a_scores", "error": "a_error", "best_crop": "a_best_crop"}
     assert info["classes"] == CLASSES
     assert info["class_fields"] == ["cat", "astronaut", "coffee"]
     assert info["model_name"] == "bifta-tiny-test" and info["pretrained"] is None

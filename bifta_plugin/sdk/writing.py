@@ -14,6 +14,7 @@ import fiftyone.core.fields as fof
 from fiftyone import ViewField as F
 
 from .. import __version__
+from . import display as bd
 from . import labels as bl
 from . import records as br
 from ..core.config import BiftaConfig
@@ -97,6 +98,7 @@ def prepare_dataset(plan: RunPlan, params: dict) -> None:
         if name in schema:
             dataset.delete_sample_field(name)
     _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
+    bd.prepare_display(dataset, plan.fields, params)  # <L>_best_crop; crops hidden by default
     br.register_bifta_run(dataset, plan.run_key, params, overwrite=True)
 
 
@@ -220,6 +222,7 @@ def _write_batch(dataset, fields: dict, ids: list, outputs: list) -> None:
     for role, name in fields.items():
         values = {sid: out[role] for sid, out in zip(ids, outputs)}
         dataset.set_values(name, values, key_field="id", expand_schema=False, validate=False)
+    bd.write_best_crops(dataset, fields, ids, outputs)
 
 
 def _count(result: RunResult, batch, ids) -> int | None:
