@@ -13,6 +13,14 @@ from .bifta_plugin.ui.operators import (
     RunBifta,
 )
 from .bifta_plugin.ui.panels import ExplanationPanel, MispredictionsPanel
+from .bifta_plugin.ui.calibration_panel import CalibrationPanel
+from .bifta_plugin.ui.prelabel_operators import (
+    AcceptLabels,
+    CalibratePrelabel,
+    LoadReview,
+    PrelabelSamples,
+    SendToReview,
+)
 
 
 def register(p):
@@ -22,3 +30,9 @@ def register(p):
     p.register(GenerateDescriptions)
     p.register(MispredictionsPanel)
     p.register(ExplanationPanel)
+    p.register(CalibratePrelabel)
+    p.register(PrelabelSamples)
+    p.register(SendToReview)
+    p.register(LoadReview)
+    p.register(AcceptLabels)
+    p.register(CalibrationPanel)

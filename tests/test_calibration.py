@@ -176,3 +176,25 @@ def test_calibrate_margin_and_bad_input(fo_dataset):
         bc.calibrate(ds, "pred", "pred")
     with pytest.raises(ValueError, match="not a saved calibration"):
         bc.load_calibration(ds, "missing")
+
+
+@pytest.mark.fiftyone
+def test_cli_calibrate_prints_the_table_saves_and_plots(fo_dataset, capsys, tmp_path):
+    from bifta_plugin.cli.commands import main
+    from bifta_plugin.sdk import calibration as bc
+
+    ds = calibration_dataset(fo_dataset, n=300)
+    html = tmp_path / "curve.html"
+    code = main(
+        ["calibrate", "--dataset", ds.name, "--pred-field", "pred", "--gt-field", "gt",
+         "--target", "0.8", "--save", "cli_cal", "--plot", str(html)]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    expected = bc.calibrate(ds, "pred", "gt", target=0.8)
+    assert expected.table() in out
+    assert "300 labelled samples, target precision 80.0%" in out
+    assert bc.load_calibration(ds, "cli_cal").classes == expected.classes
+    assert "plotly" in html.read_text()[:5000].lower()
+    assert main(["calibrate", "--dataset", ds.name, "--pred-field", "pred", "--gt-field", "nope"]) == 2
+    assert "does not exist" in capsys.readouterr().err

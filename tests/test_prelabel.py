@@ -190,3 +190,18 @@ def test_run_writes_the_best_crop_and_hides_the_crops(fo_dataset, sample_images,
     assert records.get_bifta_run_info(ds, "bifta")["fields"]["best_crop"] == "bifta_best_crop"
     deleted = records.delete_bifta_run(ds, "bifta")
     assert "bifta_best_crop" in deleted and ds.get_field("bifta_best_crop") is None
+
+
+def test_a_foreign_best_crop_field_is_never_written(fo_dataset, sample_images, tiny_model_name):
+    from bifta_plugin.engine.encoders import create_encoder
+    from bifta_plugin.sdk import run as api
+
+    ds = fo_dataset(sample_images[:2])
+    ds.set_values("bifta_best_crop", ["mine", "mine"])
+    encoder = create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
+    result = api.run_bifta(
+        ds, ["cat", "astronaut"], {"cat": ["a cat"], "astronaut": ["a space suit"]},
+        encoder=encoder, num_candidates=8, max_views=8, num_workers=0, batch_size=2,
+    )  # fmt: skip
+    assert result.num_processed == 2
+    assert ds.values("bifta_best_crop") == ["mine", "mine"]

@@ -102,7 +102,7 @@ def test_fields_of_a_run(two_runs):
 def test_delete_run_with_fields_and_evaluation(two_runs):
     ds = two_runs
     deleted = runs.delete_bifta_run(ds, "first")
-    assert sorted(deleted) == ["a", "a_crops", "a_error", "a_scores"]
+    assert sorted(deleted) == ["a", "a_best_crop", "a_crops", "a_error", "a_scores"]
     schema = ds.get_field_schema()
     assert not any(name.startswith("a") for name in schema if name != "astronaut")
     assert "eval_first" not in schema and ds.list_evaluations() == []

@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_llm_args(p)
     p.set_defaults(func=cmd_describe)
+    _add_calibrate_parser(sub)
     return parser
 
 
@@ -688,3 +689,53 @@ def cmd_describe(args) -> int:
     result = generate_descriptions(classes, args.output, **_llm_kwargs(args))
     print(result.summary())
     return 0
+
+
+# ----------------------------------------------------------------------------
+# calibrate: pre-label thresholds on the labelled samples
+# ----------------------------------------------------------------------------
+def _add_calibrate_parser(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="choose pre-label thresholds reaching a target precision on the "
+        "samples that have ground truth; prints a per-class table",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred-field", required=True, help="the prediction field, e.g. bifta")
+    p.add_argument("--gt-field", required=True, help="the ground-truth field")
+    p.add_argument("--target", type=float, default=0.95, help="target precision (default 0.95)")
+    p.add_argument("--score", choices=("confidence", "margin"), default="confidence")
+    p.add_argument(
+        "--rule", choices=("wilson", "point"), default="wilson",
+        help="wilson: the Wilson lower bound reaches the target (default); "
+        "point: the observed precision does (optimistic)",
+    )  # fmt: skip
+    p.add_argument("--min-accepted", type=int, default=10)
+    p.add_argument("--save", metavar="KEY", help="save the calibration on the dataset under KEY")
+    p.add_argument("--plot", metavar="HTML", help="write the precision-coverage curve (plotly)")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    from ..sdk import calibration as bc
+
+    dataset = _load_dataset(args.dataset)
+    cal = bc.calibrate(
+        dataset, args.pred_field, args.gt_field, target=args.target, score=args.score,
+        rule=args.rule, min_accepted=args.min_accepted,
+    )  # fmt: skip
+    print(
+        f"{cal.num_samples} labelled samples, target precision {cal.target:.1%}, "
+        f"score {cal.score}, rule {cal.rule} ({int(cal.level * 100)}% Wilson intervals: "
+        "over repeated labelled subsets they contain a threshold's true precision "
+        "at that rate; the chosen threshold's estimate is slightly optimistic)"
+    )
+    print(cal.table())
+    if args.save:
+        bc.save_calibration(dataset, args.save, cal)
+        print(f"saved as calibration {args.save!r}")
+    if args.plot:
+        cal.figure().write_html(args.plot, include_plotlyjs="cdn")
+        print(f"curve: {args.plot}")
+    return 0
+

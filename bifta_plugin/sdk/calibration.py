@@ -272,8 +272,11 @@ def curve_plot(cal: Calibration) -> tuple[list, dict]:
 
 def save_calibration(samples, key: str, cal: Calibration, overwrite: bool = True) -> None:
     """Store ``cal`` on the dataset as a FiftyOne run ``key``."""
+    import datetime
+
     dataset = samples._root_dataset
-    config = dataset.init_run(run_type=RUN_TYPE, calibration=cal.to_dict())
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    config = dataset.init_run(run_type=RUN_TYPE, calibration=cal.to_dict(), timestamp=stamp)
     dataset.register_run(key, config, overwrite=overwrite)
 
 
@@ -289,17 +292,17 @@ def load_calibration(samples, key: str) -> Calibration:
 
 
 def list_calibrations(samples) -> list[str]:
-    """The keys of the calibrations saved on the dataset."""
+    """The keys of the calibrations saved on the dataset, oldest first."""
     dataset = samples._root_dataset
-    keys = []
+    stamped = []
     for key in dataset.list_runs():
         try:
             config = dataset.get_run_info(key).config
         except Exception:  # another tool's run that does not load here
             continue
         if getattr(config, "run_type", None) == RUN_TYPE:
-            keys.append(key)
-    return keys
+            stamped.append((str(getattr(config, "timestamp", "") or ""), key))
+    return [key for _, key in sorted(stamped)]
 
 
 def _check_label_field(samples, name: str, role: str) -> None:

@@ -6,14 +6,22 @@ and hides ``<L>_crops`` by default through the dataset's App config
 (``dataset.app_config.active_fields``, FiftyOne's sidebar defaults: an
 exclusion list). The grid then shows one box per image; every crop is still
 one checkbox away in the sidebar and in the modal. The best-crop field is
-recorded among the run's fields, so deleting the run deletes it.
+recorded among the run's fields, so deleting the run deletes it. A field of
+that name that BiFTA did not create (its ``info`` lacks the marker) is never
+written: the run then goes without a best-crop field.
 """
 
 from __future__ import annotations
 
+import logging
+
 from bson import ObjectId
 
+logger = logging.getLogger(__name__)
+
 BEST_CROP_SUFFIX = "_best_crop"
+#: ``field.info`` of a best-crop field BiFTA created
+MARKER = {"bifta_role": "best_crop"}
 
 
 def best_crop_field(fields: dict) -> str | None:
@@ -37,7 +45,12 @@ def prepare_display(dataset, fields: dict, params: dict) -> None:
     if name is None:
         return
     if dataset.get_field(name) is None:
-        dataset.add_sample_field(name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detection)
+        dataset.add_sample_field(
+            name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detection, info=dict(MARKER)
+        )
+    elif not _owned(dataset, name):
+        logger.warning("field %r exists and is not a BiFTA best-crop field: not written", name)
+        return
     for path, ftype in ((f"{name}.best", fof.BooleanField), (f"{name}.description", fof.StringField)):
         if dataset.get_field(path) is None:
             dataset.add_sample_field(path, ftype)
@@ -74,10 +87,21 @@ def write_best_crops(dataset, fields: dict, ids: list, outputs: list) -> None:
             ``"crops"`` entry is read).
     """
     name = best_crop_field(fields)
-    if name is None:
+    if name is None or not _owned(dataset, name):
         return
     values = {sid: _best(out.get("crops")) for sid, out in zip(ids, outputs)}
     dataset.set_values(name, values, key_field="id", expand_schema=False, validate=False)
+
+
+def _owned(dataset, name: str) -> bool:
+    import fiftyone.core.labels as fol
+
+    f = dataset.get_field(name)
+    return (
+        f is not None
+        and getattr(f, "document_type", None) is fol.Detection
+        and (f.info or {}).get("bifta_role") == MARKER["bifta_role"]
+    )
 
 
 def _best(crops: dict | None) -> dict | None:
