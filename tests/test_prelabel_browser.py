@@ -26,7 +26,6 @@ from test_browser import (  # noqa: F401 (fixtures)
     open_dataset,
     page,
     shot,
-    sync_api,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.fiftyone, pytest.mark.slow]
