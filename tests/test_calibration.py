@@ -151,6 +151,8 @@ def test_calibrate_per_class_and_global(fo_dataset):
     assert cal.thresholds("global")["global"] == cal.overall.threshold
     table = cal.table()
     assert "all (per-class)" in table and "95% Wilson" in table
+    md = cal.markdown_table().splitlines()
+    assert len(md) == 2 + 3 + 2 and md[-1].startswith("| **all (per-class)** | - | 900 |")
     data, layout = bc.curve_plot(cal)
     assert len(data[2]["x"]) == len(cal.curves["all"]["coverage"]) <= bc.MAX_CURVE_POINTS
     assert cal.figure().data  # a plotly figure

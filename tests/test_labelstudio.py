@@ -24,7 +24,12 @@ import requests
 
 import fiftyone as fo
 
-pytestmark = [pytest.mark.fiftyone, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.fiftyone,
+    pytest.mark.slow,
+    # label-studio-sdk 1.0.x still uses pydantic v1 style validators
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LS_VENV = os.environ.get("BIFTA_LABEL_STUDIO_VENV", os.path.join(REPO_ROOT, ".venv-labelstudio"))

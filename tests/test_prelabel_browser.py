@@ -76,7 +76,7 @@ def test_calibration_panel_shows_the_curve(app_server, app_dataset, page):
     page.wait_for_timeout(1500)  # plotly layout settles
     # the band (2 traces), the curve, the target line, the class markers
     assert plot.locator(".scatterlayer .trace").count() == 5
-    assert plot.locator(".gtitle").first.inner_text().startswith("Precision vs coverage")
+    assert plot.locator(".gtitle").first.text_content().startswith("Precision vs coverage")
     assert page.get_by_text("all (per-class)").count() >= 1  # the table
     path = shot(page, "10_calibration_panel.png")
     if os.environ.get("BIFTA_UPDATE_SCREENSHOTS") == "1":

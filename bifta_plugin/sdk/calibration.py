@@ -101,6 +101,21 @@ class Calibration:
         rows.append(_row("all (per-class)", self.per_class_overall))
         return "\n".join(rows)
 
+    def markdown_table(self) -> str:
+        """:meth:`table` as a Markdown table (panels)."""
+        pct = int(self.level * 100)
+        rows = [
+            f"| class | threshold | n | accepted | coverage | precision | {pct}% Wilson |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        groups = sorted(self.classes.items()) + [
+            ("**all (one threshold)**", self.overall),
+            ("**all (per-class)**", self.per_class_overall),
+        ]
+        for name, r in groups:
+            rows.append("| " + " | ".join([name.replace("|", "\\|")] + _cells(r)) + " |")
+        return "\n".join(rows)
+
     def figure(self):
         """The precision-coverage curve as a ``plotly.graph_objects.Figure``."""
         import plotly.graph_objects as go
@@ -255,7 +270,7 @@ def curve_plot(cal: Calibration) -> tuple[list, dict]:
     reached = [(c, r) for c, r in cal.classes.items() if r.reached]
     if reached:
         data.append(
-            {"type": "scatter", "mode": "markers", "name": "class thresholds",
+            {"type": "scatter", "mode": "markers", "name": "class thresholds (coverage within the class)",
              "x": [r.coverage for _, r in reached], "y": [r.precision for _, r in reached],
              "text": [f"{c}: {cal.score} >= {r.threshold:.3f}" for c, r in reached],
              "hovertemplate": "%{text}<br>coverage %{x:.1%}<br>precision %{y:.1%}<extra></extra>"}
@@ -327,11 +342,17 @@ def _or_inf(t):
     return np.inf if t is None else t
 
 
-def _row(name: str, r: ThresholdReport) -> str:
+def _cells(r: ThresholdReport) -> list:
+    """threshold, n, accepted, coverage, precision, interval: as text."""
     t = "-" if r.threshold is None else f"{r.threshold:.4f}"
     p = "-" if r.precision is None else f"{r.precision:.1%}"
     ci = "-" if r.precision_ci is None else f"[{r.precision_ci[0]:.1%}, {r.precision_ci[1]:.1%}]"
-    return f"{name[:24]:<24} {t:>9} {r.support:>5} {r.accepted:>8} {r.coverage:>8.1%} {p:>9}  {ci}"
+    return [t, str(r.support), str(r.accepted), f"{r.coverage:.1%}", p, ci]
+
+
+def _row(name: str, r: ThresholdReport) -> str:
+    t, n, k, cov, p, ci = _cells(r)
+    return f"{name[:24]:<24} {t:>9} {n:>5} {k:>8} {cov:>8} {p:>9}  {ci}"
 
 
 def _plain(obj):

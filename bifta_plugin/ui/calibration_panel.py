@@ -56,7 +56,7 @@ class CalibrationPanel(foo.Panel):
         cal = bc.load_calibration(ctx.dataset, key)
         data, layout = bc.curve_plot(cal)
         ctx.panel.state.set(
-            {"table": cal.table(), "layout": layout, "headline": _headline(cal)}
+            {"table": cal.markdown_table(), "layout": layout, "headline": _headline(cal)}
         )
         ctx.panel.data.set({"curve": data})
 
@@ -80,7 +80,7 @@ class CalibrationPanel(foo.Panel):
         )  # fmt: skip
         panel.md(state.get("headline") or "", name="headline")
         panel.plot("curve", layout=state.get("layout") or {}, config=PLOT_CONFIG, height="480px")
-        panel.md(f"```\n{state.get('table') or ''}\n```", name="table")
+        panel.md(state.get("table") or "", name="table")
         panel.md(
             "The band is the Wilson interval of each threshold's precision: "
             "over repeated labelled subsets it contains that threshold's true "

@@ -80,7 +80,7 @@ class CalibratePrelabel(foo.Operator):
         cal = _try_calibrate(ctx, inputs)
         if cal is not None:
             ui.notice(inputs, "plan", _calibration_sentence(cal))
-            inputs.md(f"```\n{cal.table()}\n```", name="table")
+            inputs.md(cal.markdown_table(), name="table")
         return types.Property(inputs, view=types.View(label="Calibrate pre-label thresholds"))
 
     def execute(self, ctx):
@@ -166,7 +166,7 @@ class PrelabelSamples(foo.Operator):
             choices.add_choice(k, label=k)
         inputs.enum(
             "calibration", choices.values(), label="Calibration", default=keys[-1],
-            required=True, view=choices,
+            view=choices,
             description="Thresholds saved by the calibrate operator (default: the newest)",
         )  # fmt: skip
         ui.radio(inputs, "mode", MODES, label="Thresholds", default="per_class")
@@ -187,9 +187,12 @@ class PrelabelSamples(foo.Operator):
     def execute(self, ctx):
         from ..sdk import prelabel as bp
 
+        from ..sdk import calibration as bc
+
         p = ctx.params
+        key = p.get("calibration") or bc.list_calibrations(ctx.dataset)[-1]
         plan = bp.prelabel(
-            ctx.target_view(), p["calibration"], out_field=p.get("out_field") or "prelabel",
+            ctx.target_view(), key, out_field=p.get("out_field") or "prelabel",
             review_tag=p.get("review_tag") or "needs_review", mode=p.get("mode") or "per_class",
             exclude_labelled=p.get("exclude_labelled", True) is not False,
         )  # fmt: skip
