@@ -168,16 +168,25 @@ def test_export_accepted_tree_csv_and_abstained(fo_dataset, sample_images, tmp_p
         bx.export_accepted(ds, "prelabel", str(tmp_path / "out"))
 
 
-def test_run_writes_the_best_crop_and_hides_the_crops(fo_dataset, sample_images, tiny_model_name):
+def _tiny_run(ds, tiny_model_name):
+    """A BiFTA run with the tiny random model (crops on)."""
     from bifta_plugin.engine.encoders import create_encoder
-    from bifta_plugin.sdk import records, run as api
+    from bifta_plugin.sdk import run as api
+    from bifta_plugin.sdk.options import split_options
+
+    encoder = create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
+    flat = dict(instance=encoder, num_candidates=8, max_views=8, num_workers=0, batch_size=2)
+    return api.run_bifta(
+        ds, ["cat", "astronaut"], {"cat": ["a cat"], "astronaut": ["a space suit"]},
+        **split_options(flat),
+    )
+
+
+def test_run_writes_the_best_crop_and_hides_the_crops(fo_dataset, sample_images, tiny_model_name):
+    from bifta_plugin.sdk import records
 
     ds = fo_dataset(sample_images[:2])
-    encoder = create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
-    api.run_bifta(
-        ds, ["cat", "astronaut"], {"cat": ["a cat"], "astronaut": ["a space suit"]},
-        encoder=encoder, num_candidates=8, max_views=8, num_workers=0, batch_size=2,
-    )  # fmt: skip
+    _tiny_run(ds, tiny_model_name)
     assert ds.get_field("bifta_best_crop").document_type is fo.Detection
     for sample in ds:
         best = [d for d in sample.bifta_crops.detections if d.best]
@@ -193,15 +202,9 @@ def test_run_writes_the_best_crop_and_hides_the_crops(fo_dataset, sample_images,
 
 
 def test_a_foreign_best_crop_field_is_never_written(fo_dataset, sample_images, tiny_model_name):
-    from bifta_plugin.engine.encoders import create_encoder
-    from bifta_plugin.sdk import run as api
 
     ds = fo_dataset(sample_images[:2])
     ds.set_values("bifta_best_crop", ["mine", "mine"])
-    encoder = create_encoder(tiny_model_name, None, device="cpu", cache_dir=False)
-    result = api.run_bifta(
-        ds, ["cat", "astronaut"], {"cat": ["a cat"], "astronaut": ["a space suit"]},
-        encoder=encoder, num_candidates=8, max_views=8, num_workers=0, batch_size=2,
-    )  # fmt: skip
+    result = _tiny_run(ds, tiny_model_name)
     assert result.num_processed == 2
     assert ds.values("bifta_best_crop") == ["mine", "mine"]
