@@ -59,6 +59,7 @@ def accept_labels(
     min_confidence: float | None = None,
     overwrite: bool = False,
     dry_run: bool = False,
+    runner_up: bool = False,
 ) -> AcceptResult:
     """Copy the labels of ``from_field`` into ``to_field``.
 
@@ -71,6 +72,11 @@ def accept_labels(
             (labels without a confidence are left out when set).
         overwrite: replace an existing, different label of ``to_field``.
         dry_run: count only, write nothing.
+        runner_up: copy each label's second most probable class instead,
+            with its softmax probability as the confidence (from the
+            label's ``logits`` and the run's class list in logit order;
+            labels without them are left out). ``min_confidence`` then
+            applies to that probability.
 
     Returns:
         An :class:`AcceptResult`; the copies carry the attribute
@@ -93,10 +99,14 @@ def accept_labels(
     ids, labels, confs = view.values(
         ["id", f"{from_field}.label", f"{from_field}.confidence"]
     )
+    if runner_up:
+        labels, confs = _runner_ups(samples, view, from_field, labels)
     current = view.values(f"{to_field}.label") if has_to else [None] * len(ids)
     below = new = conflicts = same = 0
     write = {}
     for sid, label, conf, old in zip(ids, labels, confs, current):
+        if label is None:  # no runner-up (logits or classes missing)
+            continue
         if min_confidence is not None and (conf is None or conf < min_confidence):
             below += 1
         elif old is None:
@@ -146,3 +156,28 @@ def _require_classification(samples, name: str, must_exist: bool) -> None:
         return
     if getattr(f, "document_type", None) is not fol.Classification:
         raise ValueError(f"field {name!r} is not a fo.Classification field")
+
+
+def _runner_ups(samples, view, from_field: str, labels):
+    """(labels, probabilities) of the runner-up class of each label of
+    ``view`` (None, None where the logits or the run's classes are
+    missing or do not match)."""
+    import numpy as np
+
+    from .analysis import get_run_classes
+
+    classes = get_run_classes(samples._root_dataset, from_field) or []
+    out_labels, out_probs = [], []
+    for label, logits in zip(labels, view.values(f"{from_field}.logits")):
+        if logits is None or len(logits) != len(classes) or not classes:
+            out_labels.append(None)
+            out_probs.append(None)
+            continue
+        values = np.asarray(logits, dtype=np.float64)
+        probs = np.exp(values - values.max())
+        probs /= probs.sum()
+        ranked = [int(i) for i in np.argsort(-probs, kind="stable")]
+        second = next((i for i in ranked if classes[i] != label), None)
+        out_labels.append(None if second is None else str(classes[second]))
+        out_probs.append(None if second is None else float(probs[second]))
+    return out_labels, out_probs

@@ -803,3 +803,43 @@ def explain_prediction(
         crops=crops,
         gt_label=gt.label if gt is not None else None,
     )
+
+
+# --- crop thumbnails ---------------------------------------------------------
+def crop_thumbnails(
+    filepath: str, boxes: Sequence[Sequence[float]], size: int = 96
+) -> list[str]:
+    """PNG thumbnails of crops of one image, as ``data:`` URLs.
+
+    Args:
+        filepath: the image
+        boxes: ``[N, 4]`` relative ``[x, y, w, h]`` boxes (FiftyOne's format)
+        size (96): the longer side of each thumbnail, in pixels
+
+    Returns:
+        one URL per box; empty when the image cannot be read
+    """
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(filepath) as image:
+            image = image.convert("RGB")
+    except (OSError, ValueError) as e:
+        logger.warning("no crop thumbnails for %s: %s", filepath, e)
+        return []
+    width, height = image.size
+    urls = []
+    for x, y, w, h in boxes:
+        left, top = int(x * width), int(y * height)
+        right = max(left + 1, int((x + w) * width))
+        bottom = max(top + 1, int((y + h) * height))
+        crop = image.crop((left, top, right, bottom))
+        crop.thumbnail((size, size))
+        buffer = io.BytesIO()
+        crop.save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        urls.append(f"data:image/png;base64,{encoded}")
+    return urls

@@ -5,6 +5,8 @@ Classification field; and the params -> class names mapping used at execution.
 
 from __future__ import annotations
 
+import re
+
 import fiftyone.operators.types as types
 
 from . import _common as ui
@@ -59,6 +61,12 @@ def _classes_list_inputs(ctx, inputs) -> list[str] | None:
         return None
     if len(set(classes)) < len(classes):
         ui.warning(inputs, "classes_dupes", "Some class names are repeated")
+    if classes:  # what the chips mean once split and cleaned
+        ui.notice(
+            inputs,
+            "classes_list_info",
+            f"{len(classes)} classes: {ui.preview(classes)}",
+        )
     return classes or None
 
 
@@ -143,12 +151,16 @@ def classes_kwargs(params: dict) -> dict:
 
 
 def split_classes(value) -> list[str]:
-    """Class names from a list, or a comma-separated string."""
+    """Class names from a list or a string; every item is split on commas
+    and newlines (a pasted "Coat, Dress, Shirt" chip is three classes) and
+    blank names are dropped."""
     if value is None:
         return []
-    if isinstance(value, str):
-        value = value.split(",")
-    return [str(c).strip() for c in value if str(c).strip()]
+    items = [value] if isinstance(value, str) else value
+    names = []
+    for item in items:
+        names += re.split(r"[,\n]", str(item))
+    return [n.strip() for n in names if n.strip()]
 
 
 def resolve_classes(collection, params: dict) -> list[str]:

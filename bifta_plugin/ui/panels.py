@@ -35,6 +35,7 @@ import fiftyone.operators.types as types
 import fiftyone.server.view as fosv
 
 from ..sdk import analysis
+from ..sdk.accept import accept_labels
 from ..sdk.records import RunRecords
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ DEFAULT_MAX_CONFIDENCE = 0.5
 HISTOGRAM_BINS = 20
 #: confusion matrices up to this size print their counts in the cells
 MAX_ANNOTATED_CLASSES = 20
+#: rows of the confused-pairs table (more would push the panel's other
+#: sections screens down)
+MAX_PAIR_ROWS = 8
+#: height of the bar of a class at 0% accuracy, so that it can be clicked
+MIN_BAR = 0.02
+ZERO_COLOR = "#d32f2f"
+#: crop thumbnails shown in the explanation panel
+MAX_THUMBNAILS = 3
 
 #: plot colour (the App's accent orange); empty heatmap cells are dark grey
 ACCENT = "#ff6d04"
@@ -64,21 +73,36 @@ MIN_CONFIDENCE = "actions.min_confidence"
 MAX_MARGIN = "actions.max_margin"
 MAX_CONFIDENCE = "actions.max_confidence"
 REVIEW_TAG = "tagging.review_tag"
+ACCEPT_MIN = "accept.accept_min_confidence"
+DEFAULT_ACCEPT_MIN = 0.8
+#: where accepted labels go when no ground-truth field is chosen
+DEFAULT_GT_FIELD = "ground_truth"
 
 
-def _view_key(stages, filters=None) -> str:
-    """Canonical form of an App view: serialized stages (per-stage uuids
-    dropped) plus sidebar filters."""
-    cleaned = [
+def _clean_stages(stages) -> list[dict]:
+    """Serialized view stages without their per-stage uuids."""
+    return [
         {k: v for k, v in dict(s).items() if k != "_uuid"}
         for s in (stages or [])
     ]
-    return json.dumps([cleaned, filters or {}], sort_keys=True, default=str)
 
 
-def _app_view_key(ctx) -> str:
-    params = ctx.request_params
-    return _view_key(params.get("view"), params.get("filters"))
+def _view_key(stages) -> str:
+    """Canonical form of an App view's stages. Sidebar filters are left out
+    on purpose: they refine what the grid shows, never the panel's metrics."""
+    return json.dumps(_clean_stages(stages), sort_keys=True, default=str)
+
+
+def _app_stages(ctx) -> list[dict]:
+    return _clean_stages(ctx.request_params.get("view"))
+
+
+def _extends(stages: list[dict], prefix: list[dict]) -> bool:
+    """Whether ``stages`` starts with all of ``prefix`` (e.g. the panel's own
+    view refined in the view bar)."""
+    return len(stages) >= len(prefix) and _view_key(
+        stages[: len(prefix)]
+    ) == _view_key(prefix)
 
 
 def _fmt_pct(value) -> str:
@@ -127,17 +151,27 @@ class MispredictionsPanel(foo.Panel):
         return pred, (None if gt == NO_GT else gt)
 
     def _base(self, ctx):
-        """The collection the metrics (and the panel's views) are built on."""
+        """The collection the metrics (and the panel's views) are built on:
+        the user's own view stages, without sidebar filters and without any
+        view the panel set."""
         stages = ctx.panel.state.base_view
         if stages is None:
-            return ctx.view
+            stages = _app_stages(ctx)
         return fosv.get_view(ctx.dataset, stages=stages, reload=False)
 
     def _set_view(self, ctx, view, description):
         """Loads ``view`` in the App, remembering it as the panel's own."""
-        key = _view_key(view._serialize(), ctx.request_params.get("filters"))
-        ctx.panel.state.set({"panel_view": key, "showing": description})
+        stages = _clean_stages(view._serialize())
+        ctx.panel.state.set({"panel_view": stages, "showing": description})
         ctx.ops.set_view(view)
+
+    def _take_input(self, ctx, path, value):
+        """Keeps an input's value in the state without echoing it: the App
+        already stores what the user typed at ``path``, and writing it back
+        (late, while the user keeps typing) would reset the box and fire its
+        ``on_change`` again."""
+        if ctx.panel.state.get(path) != value:
+            ctx.panel.state.set(path, value)
 
     # --- computation --------------------------------------------------------
     def _refresh(self, ctx):
@@ -152,14 +186,17 @@ class MispredictionsPanel(foo.Panel):
         else:
             self._refresh_without_gt(ctx, base, pred)
 
-    def _refresh_with_gt(self, ctx, base, pred, gt):
+    def _refresh_with_gt(self, ctx, base, pred, gt, search=None):
         state = ctx.panel.state
+        if search is None:
+            search = state.get(SEARCH) or None
         report = analysis.build_report(
             base,
             pred,
             gt,
             top_n=_int(state.get(TOP_N), DEFAULT_TOP_N),
-            search=state.get(SEARCH) or None,
+            search=search,
+            max_pairs=None,
             classes=None,
         )
         state.set(
@@ -168,7 +205,10 @@ class MispredictionsPanel(foo.Panel):
                 "metrics": dataclasses.asdict(report.summary),
                 "num_classes_shown": len(report.matrix.classes),
                 "num_classes_total": report.matrix.num_classes_total,
-                "pairs": [dataclasses.asdict(p) for p in report.pairs],
+                "pairs": [
+                    dataclasses.asdict(p) for p in report.pairs[:MAX_PAIR_ROWS]
+                ],
+                "num_pairs_total": len(report.pairs),
             }
         )
         ctx.panel.data.set(
@@ -205,29 +245,31 @@ class MispredictionsPanel(foo.Panel):
             MAX_MARGIN: DEFAULT_MAX_MARGIN,
             MAX_CONFIDENCE: DEFAULT_MAX_CONFIDENCE,
             REVIEW_TAG: analysis.DEFAULT_REVIEW_TAG,
+            ACCEPT_MIN: DEFAULT_ACCEPT_MIN,
         }
         state.set({k: v for k, v in defaults.items() if state.get(k) is None})
-        state.set(
-            {
-                "base_view": ctx.view._serialize(),
-                "panel_view": _app_view_key(ctx),
-                "showing": None,
-            }
-        )
+        stages = _app_stages(ctx)
+        state.set({"base_view": stages, "panel_view": stages, "showing": None})
         self._refresh(ctx)
 
     def on_change_view(self, ctx):
-        own = ctx.panel.state.panel_view
-        current = _app_view_key(ctx)
-        if ctx.request_params.get("view_name") is None and own == current:
-            return  # the panel's own click: keep the base and the matrix
-        ctx.panel.state.set(
-            {
-                "base_view": ctx.view._serialize(),
-                "panel_view": current,
-                "showing": None,
-            }
-        )
+        """Re-bases the metrics only on a view the user built: sidebar
+        filters, the panel's own views and refinements of them keep the
+        base (metrics come from the run's samples, not from a view the
+        panel set)."""
+        state = ctx.panel.state
+        current = _app_stages(ctx)
+        own = state.panel_view or []
+        base = state.base_view or []
+        if ctx.request_params.get("view_name") is None:
+            if _view_key(current) == _view_key(own) or (
+                own != base and _extends(current, own)
+            ):
+                return  # the panel's own view (maybe refined): keep all
+            if _view_key(current) == _view_key(base):
+                state.set({"panel_view": current, "showing": None})
+                return  # back to the base: nothing to recompute
+        state.set({"base_view": current, "panel_view": current, "showing": None})
         self._refresh(ctx)
 
     def on_change_dataset(self, ctx):
@@ -243,13 +285,13 @@ class MispredictionsPanel(foo.Panel):
         self._refresh(ctx)
 
     def on_change_search(self, ctx):
-        ctx.panel.state.set(SEARCH, ctx.params.get("value") or "")
+        self._take_input(ctx, SEARCH, ctx.params.get("value") or "")
         self._refresh(ctx)
 
     def on_change_top_n(self, ctx):
         value = _int(ctx.params.get("value"), None)
         if value is not None and value >= 1:
-            ctx.panel.state.set(TOP_N, value)
+            self._take_input(ctx, TOP_N, value)
             self._refresh(ctx)
 
     # --- clicks -------------------------------------------------------------
@@ -342,11 +384,7 @@ class MispredictionsPanel(foo.Panel):
     def reset_view(self, ctx):
         ctx.ops.clear_view()
         ctx.panel.state.set(
-            {
-                "base_view": [],
-                "panel_view": _view_key([], ctx.request_params.get("filters")),
-                "showing": None,
-            }
+            {"base_view": [], "panel_view": [], "showing": None}
         )
         self._refresh(ctx)
 
@@ -360,6 +398,21 @@ class MispredictionsPanel(foo.Panel):
         ctx.ops.notify(
             f"Tagged {count} samples with '{tag}'", variant="success"
         )
+
+    def accept_view(self, ctx):
+        """Accepts the predictions of the current view above the threshold
+        into the ground-truth field; labels already there are kept."""
+        pred, gt = self._fields(ctx)
+        if pred is None:
+            return
+        threshold = _float(ctx.panel.state.get(ACCEPT_MIN), DEFAULT_ACCEPT_MIN)
+        target = gt or DEFAULT_GT_FIELD
+        result = accept_labels(
+            ctx.view, pred, target, min_confidence=threshold
+        )
+        ctx.ops.reload_samples()
+        ctx.ops.notify(result.message(), variant="success")
+        self._refresh(ctx)
 
     # --- rendering ----------------------------------------------------------
     def render(self, ctx):
@@ -413,11 +466,13 @@ class MispredictionsPanel(foo.Panel):
 
     def _render_gt(self, ctx, panel):
         state = ctx.panel.state
+        self._render_actions(ctx, panel, gt=True)
         filters = panel.h_stack("filters", gap=2, align_y="center")
+        # no default: the App keeps the typed value at this path, and a
+        # default from the state would reset the box while the user types
         filters.str(
             "search",
             label="Filter classes (substring)",
-            default=state.get(SEARCH),
             on_change=self.on_change_search,
         )
         filters.int(
@@ -436,7 +491,6 @@ class MispredictionsPanel(foo.Panel):
             on_click=self.on_matrix_click,
             height=f"{max(360, 120 + 32 * n)}px",
         )
-        self._render_pairs(panel)
         panel.plot(
             "class_accuracy",
             layout={
@@ -457,29 +511,9 @@ class MispredictionsPanel(foo.Panel):
             on_click=self.on_class_click,
             height="280px",
         )
-        actions = panel.h_stack("actions", gap=1, align_y="center")
-        actions.btn(
-            "all_mistakes",
-            label="All mistakes",
-            on_click=self.show_mistakes,
-            variant="contained",
-        )
-        actions.btn(
-            "confident_mistakes",
-            label="Confident mistakes",
-            on_click=self.show_confident_mistakes,
-            variant="outlined",
-        )
-        actions.float(
-            "min_confidence",
-            label="min confidence",
-            min=0,
-            max=1,
-            default=state.get(MIN_CONFIDENCE),
-        )
-        self._render_uncertain(ctx, actions)
+        self._render_pairs(ctx, panel)
 
-    def _render_pairs(self, panel):
+    def _render_pairs(self, ctx, panel):
         table = types.TableView()
         table.add_column("gt", label="Ground truth")
         table.add_column("pred", label="Predicted")
@@ -491,12 +525,58 @@ class MispredictionsPanel(foo.Panel):
             icon="visibility",
             tooltip="Load this pair's samples",
         )
-        panel.list(
-            "pairs", types.Object(), view=table, label="Most confused pairs"
-        )
+        total = ctx.panel.state.num_pairs_total or 0
+        shown = len(ctx.panel.state.pairs or [])
+        label = "Most confused pairs"
+        if total > shown:
+            label += f" (top {shown} of {total})"
+        panel.list("pairs", types.Object(), view=table, label=label)
 
-    def _render_uncertain(self, ctx, row):
+    def _render_actions(self, ctx, panel, gt: bool):
+        """The buttons first (above the plots); "Reset view" leads the row
+        so that a narrow panel never cuts it off."""
         state = ctx.panel.state
+        row = panel.h_stack("actions", gap=1, align_y="center")
+        row.btn(
+            "reset",
+            label="Reset view",
+            icon="restart_alt",
+            on_click=self.reset_view,
+        )
+        if gt:
+            row.btn(
+                "all_mistakes",
+                label="All mistakes",
+                on_click=self.show_mistakes,
+                variant="contained",
+            )
+            row.btn(
+                "confident_mistakes",
+                label="Confident mistakes",
+                on_click=self.show_confident_mistakes,
+                variant="outlined",
+            )
+            row.float(
+                "min_confidence",
+                label="min confidence",
+                min=0,
+                max=1,
+                default=state.get(MIN_CONFIDENCE),
+            )
+        else:
+            row.btn(
+                "low_confidence",
+                label="Low confidence",
+                on_click=self.show_low_confidence,
+                variant="contained",
+            )
+            row.float(
+                "max_confidence",
+                label="max confidence",
+                min=0,
+                max=1,
+                default=state.get(MAX_CONFIDENCE),
+            )
         row.btn(
             "uncertain",
             label="Uncertain predictions",
@@ -510,15 +590,9 @@ class MispredictionsPanel(foo.Panel):
             max=1,
             default=state.get(MAX_MARGIN),
         )
-        row.btn(
-            "reset",
-            label="Reset view",
-            icon="restart_alt",
-            on_click=self.reset_view,
-        )
 
     def _render_no_gt(self, ctx, panel):
-        state = ctx.panel.state
+        self._render_actions(ctx, panel, gt=False)
         panel.plot(
             "confidence_histogram",
             layout={
@@ -536,21 +610,6 @@ class MispredictionsPanel(foo.Panel):
             on_click=self.on_histogram_click,
             height="300px",
         )
-        actions = panel.h_stack("actions", gap=1, align_y="center")
-        actions.btn(
-            "low_confidence",
-            label="Low confidence",
-            on_click=self.show_low_confidence,
-            variant="contained",
-        )
-        actions.float(
-            "max_confidence",
-            label="max confidence",
-            min=0,
-            max=1,
-            default=state.get(MAX_CONFIDENCE),
-        )
-        self._render_uncertain(ctx, actions)
 
     def _render_tagging(self, ctx, panel):
         row = panel.h_stack("tagging", gap=1, align_y="center")
@@ -565,6 +624,23 @@ class MispredictionsPanel(foo.Panel):
             icon="local_offer",
             on_click=self.tag_view,
             variant="outlined",
+        )
+        gt = ctx.panel.state.get(GT)
+        target = DEFAULT_GT_FIELD if gt in (None, NO_GT) else gt
+        accept = panel.h_stack("accept", gap=1, align_y="center")
+        accept.btn(
+            "accept_view",
+            label=f"Accept predictions of the view into {target}",
+            icon="done_all",
+            on_click=self.accept_view,
+            variant="outlined",
+        )
+        accept.float(
+            "accept_min_confidence",
+            label="above confidence",
+            min=0,
+            max=1,
+            default=ctx.panel.state.get(ACCEPT_MIN),
         )
 
 
@@ -613,11 +689,12 @@ class ExplanationPanel(foo.Panel):
         resolved = ctx.panel.state.resolved
         sample_id = ctx.current_sample
         if not resolved or sample_id is None:
-            ctx.panel.state.set({"explanation": None, "crops": []})
+            ctx.panel.state.set({"explanation": None, "crops": [], "thumbs": {}})
             return
         fields = analysis.PredictionFields(**resolved)
+        sample = ctx.dataset[sample_id]
         explanation = analysis.explain_prediction(
-            ctx.dataset[sample_id],
+            sample,
             fields.pred_field,
             classes=fields.classes,
             gt_field=fields.gt_field,
@@ -631,6 +708,7 @@ class ExplanationPanel(foo.Panel):
                     else _explanation_markdown(explanation)
                 ),
                 "crops": _crop_rows(explanation),
+                "thumbs": _thumbnails(sample.filepath, explanation),
             }
         )
         ctx.panel.data.set({"top_classes": _top_classes_trace(explanation)})
@@ -659,6 +737,31 @@ class ExplanationPanel(foo.Panel):
     def show_crops(self, ctx):
         self._show_crops(ctx)
 
+    def _accept(self, ctx, runner_up: bool):
+        resolved = ctx.panel.state.resolved or {}
+        sample_id = ctx.current_sample
+        if not resolved or sample_id is None:
+            return
+        target = resolved.get("gt_field") or DEFAULT_GT_FIELD
+        result = accept_labels(
+            ctx.dataset.select(sample_id),
+            resolved["pred_field"],
+            target,
+            overwrite=True,
+            runner_up=runner_up,
+        )
+        ctx.ops.reload_samples()
+        ctx.ops.notify(result.message(), variant="success")
+        self._explain(ctx)
+
+    def accept_prediction(self, ctx):
+        """The current sample's prediction becomes its ground truth."""
+        self._accept(ctx, runner_up=False)
+
+    def accept_runner_up(self, ctx):
+        """The current sample's runner-up becomes its ground truth."""
+        self._accept(ctx, runner_up=True)
+
     def render(self, ctx):
         panel = types.Object()
         state = ctx.panel.state
@@ -682,6 +785,27 @@ class ExplanationPanel(foo.Panel):
                 panel, view=types.GridView(orientation="vertical")
             )
         panel.md(state.explanation, name="explanation")
+        gt = (state.resolved or {}).get("gt_field") or DEFAULT_GT_FIELD
+        accept = panel.h_stack("accept", gap=1, align_y="center")
+        accept.btn(
+            "accept_prediction",
+            label=f"Accept prediction into {gt}",
+            icon="check",
+            on_click=self.accept_prediction,
+            variant="contained",
+        )
+        accept.btn(
+            "accept_runner_up",
+            label="Accept runner-up",
+            icon="swap_horiz",
+            on_click=self.accept_runner_up,
+            variant="outlined",
+        )
+        thumbs = state.thumbs or {}
+        if thumbs:
+            row = panel.h_stack("thumbs", gap=1, align_y="center")
+            for key in sorted(thumbs):
+                row.img(key, height="96px", alt_text=f"crop {key[1:]}")
         panel.plot(
             "top_classes",
             layout={
@@ -759,7 +883,7 @@ def _heatmap_trace(matrix: analysis.ConfusionMatrix) -> dict:
 
 def _matrix_layout(shown, total) -> dict:
     title = "Confusion matrix (click a cell: its samples)"
-    if shown is not None and total is not None and shown < total:
+    if shown is not None and total is not None:
         title += f" - {shown} of {total} classes"
     return {
         "title": {"text": title},
@@ -784,11 +908,18 @@ def _accuracy_trace(rows: list[analysis.ClassAccuracy]) -> dict:
     rows = sorted(rows, key=lambda r: (r.accuracy, -r.support, r.label))
     return {
         "type": "bar",
-        "marker": {"color": ACCENT},
+        # a class at 0% gets a thin red bar: without one it has nothing
+        # to click; the hover and the label show the true value
+        "marker": {
+            "color": [ZERO_COLOR if not r.accuracy else ACCENT for r in rows]
+        },
         "x": [r.label for r in rows],
-        "y": [r.accuracy for r in rows],
+        "y": [max(r.accuracy or 0.0, MIN_BAR) for r in rows],
+        "customdata": [r.accuracy for r in rows],
         "text": [f"{r.correct}/{r.support}" for r in rows],
-        "hovertemplate": "%{x}: %{y:.1%} (%{text})<extra></extra>",
+        "textposition": "outside",
+        "cliponaxis": False,
+        "hovertemplate": "%{x}: %{customdata:.1%} (%{text})<extra></extra>",
     }
 
 
@@ -824,8 +955,8 @@ def _summary_markdown(state) -> str:
             f"only. {samples.capitalize()}, with a prediction "
             f"{m['num_predicted']}."
         )
-    if state.showing:
-        text += f"  \nShowing: {state.showing}"
+    # always one "Showing" line: the plots below must not move on a click
+    text += f"  \nShowing: {state.showing or 'the panel base view'}"
     return text
 
 
@@ -861,6 +992,16 @@ def _crop_rows(e: analysis.Explanation | None) -> list[dict]:
         }
         for i, c in enumerate(e.crops)
     ]
+
+
+def _thumbnails(filepath, e: analysis.Explanation | None) -> dict:
+    """``{"c1": url, ...}``: thumbnails of the listed crops, best first (the
+    keys sort in rank order up to 9 crops)."""
+    if e is None or not e.crops:
+        return {}
+    boxes = [c["bounding_box"] for c in e.crops[:MAX_THUMBNAILS]]
+    urls = analysis.crop_thumbnails(filepath, boxes)
+    return {f"c{i + 1}": url for i, url in enumerate(urls)}
 
 
 def _top_classes_trace(e: analysis.Explanation | None) -> dict:

@@ -268,15 +268,27 @@ def _model_inputs(ctx, inputs) -> bool:
     message = ui.device_error(ctx.params.get("device"))
     if message:
         ui.set_invalid(device, message)
-    inputs.int(
+    # no `min`: the App words min=1 as "must be greater than 1", yet 1 is
+    # valid; the bound is checked here with the right message
+    batch = inputs.int(
         "batch_size",
         default=16,
-        min=1,
         label="Batch size",
         description="Images per step (each image is ~100 crops for "
         "bifta/wca)",
     )
+    size = ctx.params.get("batch_size")
+    if size is not None and not _at_least_one(size):
+        ui.set_invalid(batch, "Batch size must be at least 1")
+        return False
     return ready and message is None
+
+
+def _at_least_one(value) -> bool:
+    try:
+        return int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _text_input(ctx, inputs, name, default, **kwargs) -> bool:
@@ -429,7 +441,8 @@ def config_error(method: str, name: str, value) -> str | None:
     try:
         bifta_config.get_config(method, **{name: value})
     except ValueError as e:
-        return str(e)
+        # the form has no way to pass None: do not offer it
+        return str(e).replace(" (or None to disable)", "")
     return None
 
 
