@@ -1,0 +1,112 @@
+"""The panels' annotator fixes, with a real ExecutionContext (no App):
+typed inputs are not echoed, sidebar filters and the panel's own views keep
+the metrics, 0% classes get a bar, accepting labels writes the database."""
+
+import pytest
+
+from fiftyone import ViewField as F
+
+from bifta_plugin.ui import panels as bp
+from test_analysis import CLASSES
+from test_panels import Session, make_panel
+from test_panels import ds  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.fiftyone
+
+
+@pytest.fixture
+def session(ds):  # noqa: F811
+    s = Session(make_panel(bp.MispredictionsPanel), ds)
+    s.event("on_load")
+    return s
+
+
+def _patched_keys(session):
+    keys = set()
+    for params in session.requests("patch_panel_state"):
+        keys |= set(params["state"])
+    return keys
+
+
+def test_typed_search_is_not_echoed(session):
+    # the App stores the typed value at the input's path before the event
+    session.state.setdefault("filters", {})["search"] = "o"
+    session.event("on_change_search", value="o", path="filters.search")
+    assert "filters.search" not in _patched_keys(session)
+    assert len(session.data()["confusion_matrix"]["x"]) == 3  # dog fox owl
+    (patch,) = [
+        p for p in session.requests("patch_panel_state")
+        if "num_classes_shown" in p["state"]
+    ]  # fmt: skip
+    assert patch["state"]["num_classes_shown"] == 3
+
+
+def test_sidebar_filter_changes_nothing(session):
+    session.request["filters"] = {"bifta.confidence": {"range": [0.6, 1]}}
+    session.event("on_change_view")
+    assert session.requests("patch_panel_data") == []
+    assert session.requests("set_view") == []
+    assert session.requests("clear_view") == []
+
+
+def test_filter_after_all_mistakes_keeps_the_metrics(session, ds):  # noqa: F811
+    before = dict(session.state["metrics"])
+    session.event("show_mistakes")
+    mistakes = session.app_set_view()
+    session.event("on_change_view")
+    # the user filters the panel's view: sidebar filter, then a stage
+    session.request["filters"] = {"bifta.confidence": {"range": [0.6, 1]}}
+    session.event("on_change_view")
+    refined = mistakes.match(F("bifta.confidence") > 0.6)
+    session.request["view"] = refined._serialize()
+    session.event("on_change_view")
+    assert session.state["metrics"] == before
+    assert session.state["showing"] == "all mistakes"
+
+
+def test_zero_accuracy_class_has_a_clickable_bar():
+    rows = [
+        bp.analysis.ClassAccuracy("pear", 5, 0, 0.0),
+        bp.analysis.ClassAccuracy("fig", 4, 2, 0.5),
+    ]
+    trace = bp._accuracy_trace(rows)
+    assert trace["x"] == ["pear", "fig"]
+    assert trace["y"][0] >= bp.MIN_BAR > 0  # visible, so clickable
+    assert trace["customdata"] == [0.0, 0.5]  # the hover tells the truth
+    assert trace["marker"]["color"][0] != trace["marker"]["color"][1]
+
+
+def test_pairs_table_is_capped(session, monkeypatch):
+    monkeypatch.setattr(bp, "MAX_PAIR_ROWS", 2)
+    session.event("reset_view")
+    assert len(session.state["pairs"]) == 2
+    assert session.state["num_pairs_total"] == 3
+    session.event("on_pair_action", row=1)
+    assert session.requests("set_view")
+
+
+def test_accept_view_into_ground_truth(session, ds):  # noqa: F811
+    unlabeled = ds.match(F("ground_truth").exists() == False)  # noqa: E712
+    ids = unlabeled.exists("bifta").values("id")
+    assert ids
+    session.state["accept"] = {"accept_min_confidence": 0.0}
+    session.event("accept_view")
+    (note,) = session.requests("notify")
+    assert f"Accepted {len(ids)} labels into 'ground_truth'" in note["message"]
+    view = ds.select(ids)
+    assert view.values("ground_truth.label") == view.values("bifta.label")
+
+
+def test_explanation_accepts_the_runner_up(ds):  # noqa: F811
+    ds.default_classes = CLASSES
+    sample = ds.match(F("name") == "cat4").first()  # dog, runner-up fox
+    s = Session(make_panel(bp.ExplanationPanel), ds, current_sample=sample.id)
+    s.event("on_load")
+    s.event("accept_runner_up")
+    sample.reload()
+    assert sample.ground_truth.label == "fox"
+    assert "**Ground truth** `fox` (mistake)" in s.state["explanation"]
+    s.event("accept_prediction")
+    sample.reload()
+    assert sample.ground_truth.label == "dog"
+    assert len(ds.match(F("ground_truth.label") == "dog")) >= 1
