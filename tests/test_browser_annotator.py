@@ -390,3 +390,36 @@ def test_explanation_thumbnails_and_accept(app_server, app_dataset, page):
         shutil.copyfile(
             modal_png, os.path.join(DOCS_IMAGES, "explanation_panel.png")
         )
+
+
+def test_modal_draws_the_best_crop_only(app_server, app_dataset, page):
+    """Opening the explanation panel leaves only the best crop to draw in
+    the modal (its sidebar counts 1 crop, not 12); the modal stays open;
+    "all crops" brings the 12 back."""
+    base_url, _, _ = app_server
+    open_app(page, base_url, app_dataset)
+    page.locator('[data-cy="looker"]').first.click()
+    tab = page.get_by_text("BiFTA explanation").first
+    tab.wait_for(timeout=LOAD_TIMEOUT)
+    tab.click()
+    page.get_by_text("Runner-up").first.wait_for(timeout=LOAD_TIMEOUT)
+    modal = page.locator('[data-cy="modal"]').first
+
+    def crops_count():
+        text = modal.inner_text()
+        found = re.search(r"bifta_crops\s*\n\s*(\d+)", text)
+        return int(found.group(1)) if found else text
+
+    deadline = 30
+    while crops_count() != 1 and deadline > 0:
+        page.wait_for_timeout(1000)
+        deadline -= 1
+    shot(page, "annotator_modal_best_crop.png")
+    assert crops_count() == 1
+    assert page.get_by_text("Runner-up").first.is_visible()
+    page.get_by_text("all crops", exact=True).first.click()
+    deadline = 30
+    while crops_count() != NUM_CROPS and deadline > 0:
+        page.wait_for_timeout(1000)
+        deadline -= 1
+    assert crops_count() == NUM_CROPS

@@ -110,3 +110,27 @@ def test_explanation_accepts_the_runner_up(ds):  # noqa: F811
     sample.reload()
     assert sample.ground_truth.label == "dog"
     assert len(ds.match(F("ground_truth.label") == "dog")) >= 1
+
+
+def test_explanation_draws_the_best_crop_only(ds):  # noqa: F811
+    import fiftyone as fo
+
+    sample = ds.match(F("name") == "cat4").first()
+    sample["bifta_crops"] = fo.Detections(
+        detections=[
+            fo.Detection(label="best", bounding_box=[0, 0, 1, 1], best=True),
+            fo.Detection(label="crop", bounding_box=[0, 0, 1, 1], best=False),
+            fo.Detection(label="crop", bounding_box=[0, 0, 1, 1], best=False),
+        ]
+    )
+    sample.save()
+    s = Session(make_panel(bp.ExplanationPanel), ds, current_sample=sample.id)
+    s.event("on_load")
+    view = s.app_set_view()
+    assert len(view) == len(ds)  # no sample leaves the view
+    assert view.count("bifta_crops.detections") == 1
+    # the user's view stays underneath; opening again adds nothing
+    s.event("on_load")
+    assert s.requests("set_view") == []
+    s.event("show_crops", value="all")
+    assert s.app_set_view().count("bifta_crops.detections") == 3

@@ -843,3 +843,11 @@ def crop_thumbnails(
         encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
         urls.append(f"data:image/png;base64,{encoded}")
     return urls
+
+
+def best_crops_view(samples, crops_field: str):
+    """``samples`` with only the best crop left in ``crops_field`` (the
+    ``best`` attribute; older runs mark it with the label ``"best"``); no
+    sample is dropped."""
+    best = (F("best") == True) | (F("label") == "best")  # noqa: E712
+    return samples.filter_labels(crops_field, best, only_matches=False)

@@ -73,6 +73,7 @@ MIN_CONFIDENCE = "actions.min_confidence"
 MAX_MARGIN = "actions.max_margin"
 MAX_CONFIDENCE = "actions.max_confidence"
 REVIEW_TAG = "tagging.review_tag"
+CROPS_MODE = "show_crops"
 ACCEPT_MIN = "accept.accept_min_confidence"
 DEFAULT_ACCEPT_MIN = 0.8
 #: where accepted labels go when no ground-truth field is chosen
@@ -103,6 +104,15 @@ def _extends(stages: list[dict], prefix: list[dict]) -> bool:
     return len(stages) >= len(prefix) and _view_key(
         stages[: len(prefix)]
     ) == _view_key(prefix)
+
+
+def _is_crops_filter(stage: dict, crops_field: str) -> bool:
+    """Whether a serialized stage is the best-crop filter of
+    :func:`analysis.best_crops_view` on ``crops_field``."""
+    if not str(stage.get("_cls", "")).endswith("FilterLabels"):
+        return False
+    kwargs = dict(stage.get("kwargs") or [])
+    return kwargs.get("field") == crops_field
 
 
 def _fmt_pct(value) -> str:
@@ -713,14 +723,32 @@ class ExplanationPanel(foo.Panel):
         )
         ctx.panel.data.set({"top_classes": _top_classes_trace(explanation)})
 
-    def _show_crops(self, ctx):
-        resolved = ctx.panel.state.resolved or {}
+    def _show_crops(self, ctx, mode=None):
+        """Draws the crops on the modal's image: ``"best"`` (default) only
+        the best crop, ``"all"`` every crop. The modal draws the App view's
+        labels, so the best-only choice is a ``filter_labels`` stage on the
+        crops field (``only_matches=False``: no sample leaves the view)
+        appended to the user's stages; the fields to draw are the modal's
+        active fields."""
+        state = ctx.panel.state
+        mode = mode or state.get(CROPS_MODE) or "best"
+        resolved = state.resolved or {}
+        crops = resolved.get("crops_field")
         fields = [
             resolved.get(role)
             for role in ("pred_field", "crops_field", "gt_field")
         ]
         schema = ctx.dataset.get_field_schema()
         ctx.ops.set_active_fields([f for f in fields if f and f in schema])
+        if crops not in schema:
+            return
+        stages = _app_stages(ctx)
+        kept = [st for st in stages if not _is_crops_filter(st, crops)]
+        view = fosv.get_view(ctx.dataset, stages=kept, reload=False)
+        if mode == "best":
+            view = analysis.best_crops_view(view, crops)
+        if _view_key(view._serialize()) != _view_key(stages):
+            ctx.ops.set_view(view)
 
     def on_load(self, ctx):
         self._resolve(ctx)
@@ -735,7 +763,7 @@ class ExplanationPanel(foo.Panel):
         self.on_load(ctx)
 
     def show_crops(self, ctx):
-        self._show_crops(ctx)
+        self._show_crops(ctx, mode=ctx.params.get("value"))
 
     def _accept(self, ctx, runner_up: bool):
         resolved = ctx.panel.state.resolved or {}
@@ -831,12 +859,16 @@ class ExplanationPanel(foo.Panel):
         ):
             table.add_column(key, label=label)
         panel.list("crops", types.Object(), view=table, label="Top crops")
-        panel.btn(
+        modes = types.RadioGroup(orientation="horizontal")
+        modes.add_choice("best", label="best crop")
+        modes.add_choice("all", label="all crops")
+        panel.enum(
             "show_crops",
-            label="Show crops on the image",
-            icon="crop",
-            on_click=self.show_crops,
-            variant="outlined",
+            modes.values(),
+            label="Crops on the image",
+            view=modes,
+            default="best",
+            on_change=self.show_crops,
         )
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2)
