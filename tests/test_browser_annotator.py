@@ -321,6 +321,11 @@ def test_zero_accuracy_class_can_be_clicked(app_server, app_dataset, page):
     base_url, _, _ = app_server
     open_app(page, base_url, app_dataset)
     open_panel(page)
+    panel_png = shot(page, "annotator_panel.png")
+    if os.environ.get("BIFTA_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(
+            panel_png, os.path.join(DOCS_IMAGES, "mispredictions_panel.png")
+        )
     plot = page.locator(".js-plotly-plot").nth(1)
     plot.scroll_into_view_if_needed()
     page.wait_for_timeout(1000)

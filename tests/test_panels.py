@@ -43,6 +43,13 @@ class Session:
         self.ctx = None
 
     def event(self, method, **params):
+        if "path" in params and "value" in params:
+            # the App stores an input's value at its path before the event
+            node = self.state
+            *parents, leaf = params["path"].split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = params["value"]
         request = {
             "dataset_name": self.dataset.name,
             "params": {

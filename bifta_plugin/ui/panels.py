@@ -175,16 +175,10 @@ class MispredictionsPanel(foo.Panel):
         ctx.panel.state.set({"panel_view": stages, "showing": description})
         ctx.ops.set_view(view)
 
-    def _take_input(self, ctx, path, value):
-        """Keeps an input's value in the state without echoing it: the App
-        already stores what the user typed at ``path``, and writing it back
-        (late, while the user keeps typing) would reset the box and fire its
-        ``on_change`` again."""
-        if ctx.panel.state.get(path) != value:
-            ctx.panel.state.set(path, value)
-
     # --- computation --------------------------------------------------------
-    def _refresh(self, ctx):
+    def _refresh(self, ctx, search=None, top_n=None):
+        """Recomputes everything; ``search`` / ``top_n`` (default: from the
+        state) are the values of an input event."""
         pred, gt = self._fields(ctx)
         state = ctx.panel.state
         if pred is None:
@@ -192,20 +186,22 @@ class MispredictionsPanel(foo.Panel):
             return
         base = self._base(ctx)
         if gt is not None and base.exists(f"{gt}.label").limit(1).count():
-            self._refresh_with_gt(ctx, base, pred, gt)
+            if search is None:
+                search = state.get(SEARCH) or ""
+            if top_n is None:
+                top_n = _int(state.get(TOP_N), DEFAULT_TOP_N)
+            self._refresh_with_gt(ctx, base, pred, gt, search, top_n)
         else:
             self._refresh_without_gt(ctx, base, pred)
 
-    def _refresh_with_gt(self, ctx, base, pred, gt, search=None):
+    def _refresh_with_gt(self, ctx, base, pred, gt, search, top_n):
         state = ctx.panel.state
-        if search is None:
-            search = state.get(SEARCH) or None
         report = analysis.build_report(
             base,
             pred,
             gt,
-            top_n=_int(state.get(TOP_N), DEFAULT_TOP_N),
-            search=search,
+            top_n=top_n,
+            search=search or None,
             max_pairs=None,
             classes=None,
         )
@@ -294,15 +290,17 @@ class MispredictionsPanel(foo.Panel):
         ctx.panel.state.set(GT, ctx.params.get("value") or NO_GT)
         self._refresh(ctx)
 
+    # The typed value of an input is never written back to the state: the
+    # App stores it at the input's path itself, and a write from here lands
+    # late, while the user keeps typing, which remounts the box with the old
+    # value and fires its on_change again (an endless echo).
     def on_change_search(self, ctx):
-        self._take_input(ctx, SEARCH, ctx.params.get("value") or "")
-        self._refresh(ctx)
+        self._refresh(ctx, search=ctx.params.get("value") or "")
 
     def on_change_top_n(self, ctx):
         value = _int(ctx.params.get("value"), None)
         if value is not None and value >= 1:
-            self._take_input(ctx, TOP_N, value)
-            self._refresh(ctx)
+            self._refresh(ctx, top_n=value)
 
     # --- clicks -------------------------------------------------------------
     def on_matrix_click(self, ctx):
