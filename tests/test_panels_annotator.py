@@ -132,3 +132,18 @@ def test_explanation_draws_the_best_crop_only(ds):  # noqa: F811
     assert s.requests("set_view") == []
     s.event("show_crops", value="all")
     assert s.app_set_view().count("bifta_crops.detections") == 3
+
+
+def test_precision_recall_and_outcome_histogram(session, ds):  # noqa: F811
+    rows = {r["label"]: r for r in session.state["class_metrics"]}
+    # cat: 6 evaluated, 3 right; predicted cat: cat1-3 and dog5
+    assert rows["cat"]["recall"] == "50.0%"
+    assert rows["cat"]["precision"] == "75.0%"
+    assert session.state["class_metrics"][0]["label"] == "cat"  # lowest
+    right, wrong = session.data()["confidence_by_outcome"]
+    assert (right["name"], wrong["name"]) == ("correct", "wrong")
+    summary = session.state["metrics"]
+    assert sum(right["y"]) == summary["num_correct"]
+    assert sum(wrong["y"]) == summary["num_mistakes"]
+    session.event("on_histogram_click", idx=19)  # confidence [0.95, 1]
+    assert len(session.app_set_view()) == right["y"][19] + wrong["y"][19]

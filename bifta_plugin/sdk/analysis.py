@@ -81,6 +81,21 @@ class ClassAccuracy:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassMetrics:
+    """Per class over evaluated samples: ``support`` (ground truth),
+    ``predicted`` (predictions of the class), ``correct``; ``precision`` =
+    correct / predicted and ``recall`` = correct / support, None when the
+    denominator is 0."""
+
+    label: str
+    support: int
+    predicted: int
+    correct: int
+    precision: float | None
+    recall: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ConfusedPair:
     """``count`` evaluated samples with ground truth ``gt`` predicted as
     ``pred`` (``gt != pred``)."""
@@ -117,6 +132,9 @@ class Report:
     matrix: ConfusionMatrix
     pairs: list[ConfusedPair]
     class_accuracy: list[ClassAccuracy]
+    class_metrics: list["ClassMetrics"] = dataclasses.field(
+        default_factory=list
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +229,33 @@ def _class_accuracy(counts) -> list[ClassAccuracy]:
         )
         for label in sorted(support)
     ]
+
+
+def _class_metrics(counts) -> list[ClassMetrics]:
+    support, predicted, correct = (collections.Counter() for _ in range(3))
+    for (gt, pred), n in _evaluated(counts).items():
+        support[gt] += n
+        predicted[pred] += n
+        correct[gt] += n if gt == pred else 0
+    return [
+        ClassMetrics(
+            label,
+            support[label],
+            predicted[label],
+            correct[label],
+            correct[label] / predicted[label] if predicted[label] else None,
+            correct[label] / support[label] if support[label] else None,
+        )
+        for label in sorted(set(support) | set(predicted))
+    ]
+
+
+def build_class_metrics(
+    samples, pred_field: str, gt_field: str
+) -> list[ClassMetrics]:
+    """Precision and recall per class (see :class:`ClassMetrics`), by
+    name."""
+    return _class_metrics(count_label_pairs(samples, pred_field, gt_field))
 
 
 def build_summary(
@@ -389,6 +434,7 @@ def build_report(
         matrix=matrix,
         pairs=pairs if max_pairs is None else pairs[:max_pairs],
         class_accuracy=accuracy,
+        class_metrics=[m for m in _class_metrics(counts) if m.label in shown],
     )
 
 
@@ -551,6 +597,26 @@ def build_confidence_histogram(
         f"{pred_field}.confidence", bins=bins, range=[0.0, 1.0]
     )
     return [int(c) for c in counts], [float(e) for e in edges]
+
+
+def build_confidence_histogram_by_outcome(
+    samples, pred_field: str, gt_field: str, bins: int = 20
+) -> tuple[list[int], list[int], list[float]]:
+    """Confidence histograms of the correct and of the wrong predictions
+    (evaluated samples only), same ``bins + 1`` edges over ``[0, 1]``.
+
+    Returns:
+        ``(correct_counts, wrong_counts, edges)``
+    """
+    gt, pred = _label(gt_field), _label(pred_field)
+    evaluated = samples.match(gt.exists() & pred.exists())
+    right, edges = build_confidence_histogram(
+        evaluated.match(gt == pred), pred_field, bins
+    )
+    wrong, _ = build_confidence_histogram(
+        evaluated.match(gt != pred), pred_field, bins
+    )
+    return right, wrong, edges
 
 
 # --- fields and runs ---------------------------------------------------------

@@ -215,12 +215,18 @@ class MispredictionsPanel(foo.Panel):
                     dataclasses.asdict(p) for p in report.pairs[:MAX_PAIR_ROWS]
                 ],
                 "num_pairs_total": len(report.pairs),
+                "class_metrics": _class_metric_rows(report.class_metrics),
             }
         )
+        right, wrong, edges = analysis.build_confidence_histogram_by_outcome(
+            base, pred, gt, bins=HISTOGRAM_BINS
+        )
+        state.set("histogram_edges", edges)
         ctx.panel.data.set(
             {
                 "confusion_matrix": _heatmap_trace(report.matrix),
                 "class_accuracy": _accuracy_trace(report.class_accuracy),
+                "confidence_by_outcome": _outcome_traces(right, wrong, edges),
             }
         )
 
@@ -520,6 +526,38 @@ class MispredictionsPanel(foo.Panel):
             height="280px",
         )
         self._render_pairs(ctx, panel)
+        table = types.TableView()
+        for key, label in (
+            ("label", "Class"),
+            ("precision", "Precision"),
+            ("recall", "Recall"),
+            ("support", "Samples"),
+        ):
+            table.add_column(key, label=label)
+        panel.list(
+            "class_metrics",
+            types.Object(),
+            view=table,
+            label="Lowest recall (per-class precision and recall)",
+        )
+        panel.plot(
+            "confidence_by_outcome",
+            layout={
+                "title": {"text": "Confidence: correct vs wrong (click: bin)"},
+                "barmode": "stack",
+                "xaxis": {
+                    "fixedrange": True,
+                    "range": [0, 1],
+                    "title": {"text": "confidence"},
+                },
+                "yaxis": {"fixedrange": True, "title": {"text": "samples"}},
+                "legend": {"orientation": "h"},
+                "margin": {"t": 40},
+            },
+            config=PLOT_CONFIG,
+            on_click=self.on_histogram_click,
+            height="280px",
+        )
 
     def _render_pairs(self, ctx, panel):
         table = types.TableView()
@@ -951,6 +989,35 @@ def _accuracy_trace(rows: list[analysis.ClassAccuracy]) -> dict:
         "cliponaxis": False,
         "hovertemplate": "%{x}: %{customdata:.1%} (%{text})<extra></extra>",
     }
+
+
+def _class_metric_rows(rows: list[analysis.ClassMetrics]) -> list[dict]:
+    """The classes with the lowest recall first, at most MAX_PAIR_ROWS."""
+    rows = sorted(
+        rows, key=lambda m: (m.recall if m.recall is not None else 2, m.label)
+    )
+    return [
+        {
+            "label": m.label,
+            "precision": _fmt_pct(m.precision),
+            "recall": _fmt_pct(m.recall),
+            "support": m.support,
+        }
+        for m in rows[:MAX_PAIR_ROWS]
+    ]
+
+
+def _outcome_traces(right, wrong, edges) -> list[dict]:
+    """Two stacked bar traces (correct, wrong) on the same bins."""
+    traces = []
+    for counts, name, color in (
+        (right, "correct", ACCENT),
+        (wrong, "wrong", ZERO_COLOR),
+    ):
+        trace = _histogram_trace(counts, edges)
+        trace.update(name=name, marker={"color": color})
+        traces.append(trace)
+    return traces
 
 
 def _histogram_trace(counts, edges) -> dict:
