@@ -147,3 +147,12 @@ def test_precision_recall_and_outcome_histogram(session, ds):  # noqa: F811
     assert sum(wrong["y"]) == summary["num_mistakes"]
     session.event("on_histogram_click", idx=19)  # confidence [0.95, 1]
     assert len(session.app_set_view()) == right["y"][19] + wrong["y"][19]
+
+
+def test_no_empty_hint_before_the_first_load(ds):  # noqa: F811
+    import json
+
+    s = Session(make_panel(bp.MispredictionsPanel), ds)
+    s.event("render")  # the first render: the state has no mode yet
+    out = json.dumps(s.panel.render(s.ctx).to_json())
+    assert "Loading" in out and "run_bifta" not in out

@@ -432,6 +432,9 @@ class MispredictionsPanel(foo.Panel):
     def render(self, ctx):
         panel = types.Object()
         state = ctx.panel.state
+        if state.mode is None:  # before on_load has answered
+            panel.md("Loading the predictions...", name="loading")
+            return types.Property(panel, view=types.GridView())
         if state.mode == "empty" or state.get(PRED) is None:
             panel.md(
                 "No `Classification` field on this dataset yet: run "
