@@ -210,6 +210,8 @@ class MispredictionsPanel(foo.Panel):
                 "mode": "gt",
                 "metrics": dataclasses.asdict(report.summary),
                 "num_classes_shown": len(report.matrix.classes),
+                "matrix_classes": list(report.matrix.classes),
+                "accuracy_classes": _accuracy_trace(report.class_accuracy)["x"],
                 "num_classes_total": report.matrix.num_classes_total,
                 "pairs": [
                     dataclasses.asdict(p) for p in report.pairs[:MAX_PAIR_ROWS]
@@ -503,7 +505,7 @@ class MispredictionsPanel(foo.Panel):
         n = max(shown or 0, 1)
         panel.plot(
             "confusion_matrix",
-            layout=_matrix_layout(shown, total),
+            layout=_matrix_layout(shown, total, state.matrix_classes),
             config=PLOT_CONFIG,
             on_click=self.on_matrix_click,
             height=f"{max(360, 120 + 32 * n)}px",
@@ -512,14 +514,10 @@ class MispredictionsPanel(foo.Panel):
             "class_accuracy",
             layout={
                 "title": {"text": "Per-class accuracy (click: mistakes)"},
-                "xaxis": {
-                    "fixedrange": True,
-                    "type": "category",
-                    "automargin": True,
-                },
+                "xaxis": _category_axis(state.accuracy_classes),
                 "yaxis": {
                     "fixedrange": True,
-                    "range": [0, 1],
+                    "range": [0, 1.1],
                     "title": {"text": "accuracy"},
                 },
                 "margin": {"t": 40, "b": 40},
@@ -952,25 +950,35 @@ def _heatmap_trace(matrix: analysis.ConfusionMatrix) -> dict:
     return trace
 
 
-def _matrix_layout(shown, total) -> dict:
+def _category_axis(classes, reversed_=False, **extra) -> dict:
+    """A category axis showing exactly ``classes``: plotly keeps the
+    categories of earlier data on a reused axis, so a filtered matrix would
+    still show rows of classes no longer in it."""
+    axis = {"fixedrange": True, "type": "category", "automargin": True}
+    if classes is not None:
+        n = len(classes)
+        axis.update(
+            categoryorder="array",
+            categoryarray=list(classes),
+            range=[n - 0.5, -0.5] if reversed_ else [-0.5, n - 0.5],
+        )
+    elif reversed_:
+        axis["autorange"] = "reversed"
+    axis.update(extra)
+    return axis
+
+
+def _matrix_layout(shown, total, classes=None) -> dict:
+    """``classes``: the matrix's, in order (None: plotly's own axes)."""
     title = "Confusion matrix (click a cell: its samples)"
     if shown is not None and total is not None:
         title += f" - {shown} of {total} classes"
     return {
         "title": {"text": title},
-        "xaxis": {
-            "fixedrange": True,
-            "type": "category",
-            "title": {"text": "predicted"},
-            "automargin": True,
-        },
-        "yaxis": {
-            "fixedrange": True,
-            "type": "category",
-            "title": {"text": "ground truth"},
-            "autorange": "reversed",
-            "automargin": True,
-        },
+        "xaxis": _category_axis(classes, title={"text": "predicted"}),
+        "yaxis": _category_axis(
+            classes, reversed_=True, title={"text": "ground truth"}
+        ),
         "margin": {"t": 40},
     }
 
