@@ -247,10 +247,9 @@ def grid_count(page, count, total=None, timeout=LOAD_TIMEOUT):
 
 def set_confidence_filter(page, minimum):
     """The sidebar's range filter on ``bifta.confidence`` (min only)."""
-    field = page.get_by_text("confidence", exact=True)
-    if not field.count() or not field.first.is_visible():
-        page.get_by_text("bifta", exact=True).first.click()
     box = page.get_by_placeholder("min").first
+    if not box.count() or not box.is_visible():  # expand the field
+        page.get_by_text("bifta", exact=True).first.click()
     box.fill(str(minimum))
     box.press("Enter")
 

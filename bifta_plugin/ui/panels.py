@@ -69,6 +69,11 @@ PRED = "fields.pred_field"
 GT = "fields.gt_field"
 SEARCH = "filters.search"
 TOP_N = "filters.top_n"
+# The values the matrix was computed with, kept under keys no input is bound
+# to: the server never writes an input's own path after load (see
+# on_change_search).
+APPLIED_SEARCH = "applied.search"
+APPLIED_TOP_N = "applied.top_n"
 MIN_CONFIDENCE = "actions.min_confidence"
 MAX_MARGIN = "actions.max_margin"
 MAX_CONFIDENCE = "actions.max_confidence"
@@ -187,9 +192,9 @@ class MispredictionsPanel(foo.Panel):
         base = self._base(ctx)
         if gt is not None and base.exists(f"{gt}.label").limit(1).count():
             if search is None:
-                search = state.get(SEARCH) or ""
+                search = state.get(APPLIED_SEARCH) or ""
             if top_n is None:
-                top_n = _int(state.get(TOP_N), DEFAULT_TOP_N)
+                top_n = _int(state.get(APPLIED_TOP_N), DEFAULT_TOP_N)
             self._refresh_with_gt(ctx, base, pred, gt, search, top_n)
         else:
             self._refresh_without_gt(ctx, base, pred)
@@ -298,16 +303,19 @@ class MispredictionsPanel(foo.Panel):
         ctx.panel.state.set(GT, ctx.params.get("value") or NO_GT)
         self._refresh(ctx)
 
-    # The typed value of an input is never written back to the state: the
-    # App stores it at the input's path itself, and a write from here lands
-    # late, while the user keeps typing, which remounts the box with the old
-    # value and fires its on_change again (an endless echo).
+    # The typed value of an input is never written back to its own path: a
+    # write from here lands late, while the user keeps typing, remounts the
+    # box with the old value and fires its on_change again (an endless
+    # echo). The value used is kept under an ``applied`` key instead.
     def on_change_search(self, ctx):
-        self._refresh(ctx, search=ctx.params.get("value") or "")
+        value = ctx.params.get("value") or ""
+        ctx.panel.state.set(APPLIED_SEARCH, value)
+        self._refresh(ctx, search=value)
 
     def on_change_top_n(self, ctx):
         value = _int(ctx.params.get("value"), None)
         if value is not None and value >= 1:
+            ctx.panel.state.set(APPLIED_TOP_N, value)
             self._refresh(ctx, top_n=value)
 
     # --- clicks -------------------------------------------------------------
