@@ -48,24 +48,24 @@ CONFUSIONS = {"apple": "apricot", "lime": "lemon", "pear": "peach"}
 def _truth_and_prediction(i):
     """(gt, pred, confidence) of sample ``i``: in each class the first
     sample is a mistake (every one for ``pear``), confidences spread over
-    [0.30, 0.99]."""
+    [0.45, 0.99]."""
     gt = CLASSES[i // PER_CLASS]
     k = i % PER_CLASS
     wrong = gt == "pear" or (gt in CONFUSIONS and k == 0) or (
         gt == "banana" and k < 2
     )
     pred = CONFUSIONS.get(gt, "cherry") if wrong else gt
-    confidence = round(0.30 + 0.69 * ((i * 7) % NUM_SAMPLES) / NUM_SAMPLES, 3)
+    confidence = round(0.45 + 0.54 * ((i * 7) % NUM_SAMPLES) / NUM_SAMPLES, 3)
     return gt, pred, confidence
 
 
 def _label(pred, confidence, runner):
     """A BiFTA-like prediction: softmax(logits) puts ``confidence`` on
-    ``pred`` and most of the rest on ``runner``."""
-    probs = np.full(len(CLASSES), 0.02 * (1 - confidence))
-    probs[CLASSES.index(runner)] = 0.82 * (1 - confidence)
-    probs[CLASSES.index(pred)] = 0
-    probs *= (1 - confidence) / probs.sum()
+    ``pred``, 70% of the rest on ``runner`` (below ``confidence`` for
+    confidences from 0.45) and the remainder evenly on the other classes."""
+    rest = 1 - confidence
+    probs = np.full(len(CLASSES), 0.3 * rest / (len(CLASSES) - 2))
+    probs[CLASSES.index(runner)] = 0.7 * rest
     probs[CLASSES.index(pred)] = confidence
     logits = np.log(probs)
     margin = confidence - float(np.sort(probs)[-2])
