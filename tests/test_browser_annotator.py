@@ -414,9 +414,9 @@ def test_explanation_thumbnails_and_accept(app_server, app_dataset, page):
                 break
             page.wait_for_timeout(500)
         assert first.ground_truth.label == first.bifta.label
-        page.get_by_text("Accepted 1 labels into 'ground_truth'").first.wait_for(
-            timeout=LOAD_TIMEOUT
-        )
+        page.get_by_text(
+            "1 labels were written to 'ground_truth'"
+        ).first.wait_for(timeout=LOAD_TIMEOUT)
     finally:
         first.ground_truth = fo.Classification(label=original)
         first.save()

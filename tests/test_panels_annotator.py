@@ -90,7 +90,7 @@ def test_accept_view_into_ground_truth(session, ds):  # noqa: F811
     session.state["accept"] = {"accept_min_confidence": 0.0}
     session.event("accept_view")
     (note,) = session.requests("notify")
-    assert f"Accepted {len(ids)} labels into 'ground_truth'" in note["message"]
+    assert f"{len(ids)} labels were written to 'ground_truth'" in note["message"]
     view = ds.select(ids)
     assert view.values("ground_truth.label") == view.values("bifta.label")
 
