@@ -21,6 +21,7 @@ mean over runs, and each run's label is kept for mean/std accuracy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from ..core import crops, scoring
 from ..core.config import BiftaConfig, get_config
 from ..core.text import TextSide, build_text_side, validate_classes
 from . import decode
+from . import workers as worker_life
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +192,9 @@ class _ViewDataset(torch.utils.data.Dataset):
         return self.prepare(index, self.sources[index], self.keys[index])
 
 
-def _worker_init(_):
+def _worker_init(parent_pid: int, _worker_id: int):
+    # A worker must not outlive its parent (kill -9 included).
+    worker_life.die_with_parent(parent_pid)
     # Workers only decode and resize with PIL; torch threads there would
     # compete with the encoder for the same cores.
     torch.set_num_threads(1)
@@ -440,15 +444,19 @@ class BiftaClassifier:
         in_memory = any(not isinstance(s, (str, os.PathLike)) for s in sources[:1])
         if workers is None:
             workers = 0 if in_memory or len(sources) <= self.runtime.batch_size else default_num_workers()
+        workers = worker_life.safe_num_workers(workers, __name__)
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=self.runtime.batch_size,
             shuffle=False,
             num_workers=workers,
             collate_fn=list,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers > 0 else None,
             prefetch_factor=2 if workers > 0 else None,
             persistent_workers=False,
+            # a worker that cannot start (or hangs) raises instead of
+            # blocking the run forever
+            timeout=worker_life.WORKER_TIMEOUT_S if workers > 0 else 0,
         )
 
     def describe(self) -> dict:

@@ -86,11 +86,22 @@ def write_best_crops(dataset, fields: dict, ids: list, outputs: list) -> None:
         outputs: per sample, the stored label dicts keyed by role (the
             ``"crops"`` entry is read).
     """
+    best = best_crops(dataset, fields, outputs)
+    if best is None:
+        return
+    name, docs = best
+    values = dict(zip(ids, docs))
+    dataset.set_values(name, values, key_field="id", expand_schema=False, validate=False)
+
+
+def best_crops(dataset, fields: dict, outputs: list) -> tuple[str, list] | None:
+    """``(best-crop field, stored Detection or None per output)``, or None
+    when the run writes no best-crop field (no crops, or a field of that
+    name BiFTA did not create)."""
     name = best_crop_field(fields)
     if name is None or not _owned(dataset, name):
-        return
-    values = {sid: _best(out.get("crops")) for sid, out in zip(ids, outputs)}
-    dataset.set_values(name, values, key_field="id", expand_schema=False, validate=False)
+        return None
+    return name, [_best(out.get("crops")) for out in outputs]
 
 
 def _owned(dataset, name: str) -> bool:

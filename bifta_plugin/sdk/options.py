@@ -92,8 +92,8 @@ class RunOptions:
             :class:`~bifta_plugin.engine.pipeline.RuntimeOptions`).
         jpeg_draft: decode large JPEGs at reduced size (fast; not the
             reference's full decode, so scores move slightly).
-        skip_existing: only process samples whose ``L`` and ``L_error`` are
-            both empty (resume an interrupted run).
+        skip_existing: only process samples not done: without ``L_error``
+            and missing any of the other fields (resume an interrupted run).
         skip_failures: record a failing image in ``L_error`` and go on;
             False raises :class:`~bifta_plugin.sdk.results.SampleFailedError`
             after writing the batch that holds it.

@@ -321,7 +321,10 @@ def _check_collection(samples):
             f"run_bifta classifies images; this collection's media type is "
             f"{samples.media_type!r}{hint}"
         )
-    if len(samples) == 0:
+    # len() and count() of a dataset are the collection's metadata count,
+    # which reads 0 after a database crash until the collection is
+    # validated: count the ids
+    if len(samples) == 0 and samples.count("id") == 0:
         raise ValueError("the collection is empty: there is nothing to classify")
     return samples._dataset
 

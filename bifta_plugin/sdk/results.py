@@ -28,6 +28,14 @@ class SampleFailedError(RuntimeError):
         self.filepath = filepath
 
 
+class DatabaseUnavailableError(RuntimeError):
+    """Raised by :func:`run_bifta` when the FiftyOne database cannot be
+    reached while writing (the wait is bounded by the client's server
+    selection timeout). Every batch written before is saved and the run is
+    recorded "interrupted" when the database can still be reached, else by
+    the next run with the same key; ``skip_existing=True`` resumes it."""
+
+
 @dataclass
 class RunResult:
     """What one :func:`run_bifta` call did.

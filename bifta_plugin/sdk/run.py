@@ -12,9 +12,9 @@ The operator, the CLI and the panels all go through this module.
    :class:`~bifta_plugin.engine.pipeline.BiftaClassifier`;
 3. registers a BiFTA run (:mod:`.records`) with full provenance;
 4. streams predictions batch by batch and writes each batch in bulk
-   (:mod:`.writing`), yielding a progress event after each, so an
-   interrupted or cancelled run keeps every finished batch and
-   ``skip_existing=True`` resumes it;
+   (:mod:`.writing`; each sample whole or not at all), yielding a progress
+   event after each, so an interrupted, cancelled or killed run keeps every
+   finished sample and ``skip_existing=True`` resumes it;
 5. optionally evaluates against a ground-truth field.
 
 Example::
@@ -42,6 +42,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -52,7 +54,7 @@ from ..core.progress import DONE, ProgressEvent
 from ..engine.pipeline import BiftaClassifier
 from .options import EncoderSpec, OutputSpec, RunOptions
 from .plan import RunPlan, make_plan, run_identity_conflict
-from .results import RunResult, SampleFailedError  # noqa: F401 (public)
+from .results import DatabaseUnavailableError, RunResult, SampleFailedError  # noqa: F401 (public)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,11 @@ def iter_bifta(
         ``"done"`` event whose ``result`` is the :class:`RunResult`.
         Closing it early (``close()``; the App does when its client goes)
         cancels the run: it is recorded as ``"interrupted"`` with its
-        counts, and ``skip_existing=True`` resumes it.
+        counts, and ``skip_existing=True`` resumes it. So are SIGINT
+        (Ctrl-C) and, in the main thread where SIGTERM has its default
+        action, SIGTERM (``docker stop``, Kubernetes, systemd): it raises
+        :class:`Terminated`, a ``KeyboardInterrupt``, once the run is
+        recorded.
 
     Raises:
         ValueError: a bad argument, or an existing field/run/evaluation that
@@ -127,6 +133,8 @@ def iter_bifta(
             known once the encoder is built: raised by the first ``next``.)
         SampleFailedError: while iterating, with
             ``runtime.skip_failures=False``.
+        DatabaseUnavailableError: while iterating, when the database is
+            lost (the run is "interrupted"; resume once it is back).
     """
     plan = make_plan(
         samples,
@@ -162,6 +170,7 @@ def run_bifta(samples, classes=None, descriptions=None, *, progress=None, **kwar
     """
     events = iter_bifta(samples, classes, descriptions, **kwargs)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.closing(events))  # an error here cancels the run
         pb = None
         for event in events:
             if event.is_final:
@@ -195,24 +204,72 @@ def _run(plan: RunPlan, spec: EncoderSpec) -> Iterator[ProgressEvent]:
     writing_start = time.perf_counter()
     rw.prepare_dataset(plan, params)
     result = _new_result(plan, classifier, params)
-    try:
-        ids, paths = rw.samples_to_do(plan)
-        yield ProgressEvent(
-            "setup", 0, len(ids),
-            f"model ready on {result.device}; {len(ids)} of {result.num_samples} samples to do",
-        )
-        yield from rw.iter_batches(plan, classifier, result, ids, paths, since=writing_start)
-        if plan.output.gt_field is not None:
-            yield ProgressEvent("evaluate", 0, 1, f"evaluating against {plan.output.gt_field!r}")
-            rw.evaluate(plan, result)
-    except BaseException as e:
-        # GeneratorExit: the consumer closed the iterator (cancellation)
-        stopped = isinstance(e, (KeyboardInterrupt, GeneratorExit))
-        error = "cancelled" if isinstance(e, GeneratorExit) else f"{type(e).__name__}: {e}"
-        rw.finish_run(plan, result, start, "interrupted" if stopped else "failed", error=error)
-        raise
-    rw.finish_run(plan, result, start, "completed")
+    with _terminate_as_interrupt():
+        try:
+            ids, paths = rw.samples_to_do(plan)
+            yield ProgressEvent(
+                "setup", 0, len(ids),
+                f"model ready on {result.device}; {len(ids)} of {result.num_samples} samples to do",
+            )
+            yield from rw.iter_batches(plan, classifier, result, ids, paths, since=writing_start)
+            if plan.output.gt_field is not None:
+                yield ProgressEvent("evaluate", 0, 1, f"evaluating against {plan.output.gt_field!r}")
+                rw.evaluate(plan, result)
+        except BaseException as e:
+            rw.finish_run(plan, result, start, *_stop_status(e))
+            raise
+        rw.finish_run(plan, result, start, "completed")
     yield ProgressEvent(DONE, result.num_samples, result.num_samples, result.summary(), result)
+
+
+def _stop_status(error: BaseException) -> tuple[str, str]:
+    """``(status, message)`` recorded for a run stopped by ``error``.
+
+    A cancellation (GeneratorExit: the consumer closed the iterator), a
+    signal or a lost database interrupts the run (a resume continues it);
+    anything else fails it.
+    """
+    from pymongo.errors import ConnectionFailure
+
+    if isinstance(error, GeneratorExit):
+        return "interrupted", "cancelled"
+    stopped = isinstance(error, (KeyboardInterrupt, DatabaseUnavailableError, ConnectionFailure))
+    return ("interrupted" if stopped else "failed"), f"{type(error).__name__}: {error}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received during a run: it stops like Ctrl-C (recorded
+    "interrupted" with its counts, workers shut down), then this is raised."""
+
+
+class _terminate_as_interrupt:
+    """While entered, SIGTERM raises :class:`Terminated` in the main thread.
+
+    Only where SIGTERM still has its default action (which would kill the
+    process without recording anything): a host application's own handler
+    is left alone, and signals can only be handled in the main thread.
+    """
+
+    def __init__(self):
+        self.installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _raise_terminated)
+                self.installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.installed and signal.getsignal(signal.SIGTERM) is _raise_terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.installed = False
+        return False
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
+    raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
 
 
 def _with_truncation(plan: RunPlan, encoder) -> RunPlan:
@@ -241,7 +298,7 @@ def _new_result(plan: RunPlan, classifier: BiftaClassifier, params: dict) -> Run
         label_field=plan.label_field,
         fields=dict(plan.fields),
         method=plan.config.method,
-        num_samples=len(plan.samples),
+        num_samples=plan.samples.count("id"),  # not len(): an estimate, stale after a database crash
         crop_mode=classifier.crop_mode,
         device=str(classifier.device),
         eval_key=plan.output.eval_key,

@@ -1,11 +1,30 @@
 """Writing a run: the run record, the fields, the predictions batch by
-batch (one bulk ``set_values`` per field, a progress event after each),
-the evaluation and the final status."""
+batch (one bulk write per batch, a progress event after each), the
+evaluation and the final status.
+
+Crash consistency: a run can be killed at any instruction (``kill -9``,
+OOM, a lost database) and rerun with ``skip_existing=True``:
+
+- the run is registered *before* its fields are declared, so the fields
+  of a killed run are always owned by its record and a rerun reuses them
+  without ``overwrite``;
+- each sample is written by one ``UpdateOne`` that sets all its fields
+  together (MongoDB updates one document atomically), so a sample is
+  written whole or not at all;
+- :func:`samples_to_do` treats a sample with any of its fields missing as
+  not done.
+
+:func:`kill_point` is a test hook that kills the process at a named
+write boundary (``BIFTA_TEST_KILL_AT``), so the tests can check the above
+with real processes instead of timing luck.
+"""
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
+import signal
 import time
 
 import numpy as np
@@ -20,7 +39,7 @@ from . import records as br
 from ..core.config import BiftaConfig
 from ..core.progress import ProgressEvent
 from ..engine.pipeline import BiftaClassifier
-from .results import MAX_FAILURES_KEPT, RunResult, SampleFailedError
+from .results import MAX_FAILURES_KEPT, DatabaseUnavailableError, RunResult, SampleFailedError
 from .plan import ROLE_TYPES, RunPlan
 
 logger = logging.getLogger(__name__)
@@ -97,9 +116,19 @@ def prepare_dataset(plan: RunPlan, params: dict) -> None:
     for name in sorted(deletions.fields):
         if name in schema:
             dataset.delete_sample_field(name)
-    _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
-    bd.prepare_display(dataset, plan.fields, params)  # <L>_best_crop; crops hidden by default
+    kill_point("deleted")
+    # registered first: from here on the record owns the fields, so a
+    # process killed while declaring them leaves nothing a rerun refuses
     br.register_bifta_run(dataset, plan.run_key, params, overwrite=True)
+    kill_point("registered")
+    _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
+    registered = dict(params["fields"])
+    # <L>_best_crop (marked as BiFTA's in its field info, so a kill before
+    # the record names it leaves nothing a rerun refuses); crops hidden
+    bd.prepare_display(dataset, plan.fields, params)
+    if params["fields"] != registered:
+        br.update_bifta_run(dataset, plan.run_key, fields=params["fields"])
+    kill_point("declared")
 
 
 def _declare_fields(dataset, fields: dict, class_fields: dict | None, config: BiftaConfig) -> None:
@@ -147,12 +176,26 @@ def _named(field_, name: str):
 
 def samples_to_do(plan: RunPlan) -> tuple[list, list]:
     """``(ids, filepaths)`` of the samples the run processes: all of them,
-    or with ``skip_existing`` those without a prediction or an error."""
+    or with ``skip_existing`` those not done (see :func:`done_expression`)."""
     todo = plan.samples
     if plan.runtime.skip_existing:
-        label, error = plan.fields["label"], plan.fields["error"]
-        todo = todo.match((F(label) == None) & (F(error) == None))  # noqa: E711
+        todo = todo.match(~done_expression(plan.fields))
     return todo.values(["id", "filepath"])
+
+
+def done_expression(fields: dict):
+    """A ``ViewExpression``: the sample holds a complete result of a run
+    writing ``fields`` (role -> name): an error, or every other field.
+
+    A sample with a label but no crops or scores (written by an older
+    version field by field, and cut short) is not done: it is redone.
+    """
+    error = F(fields["error"]) != None  # noqa: E711
+    written = [F(name) != None for role, name in fields.items() if role != "error"]  # noqa: E711
+    complete = written[0]
+    for expr in written[1:]:
+        complete = complete & expr
+    return error | complete
 
 
 def iter_batches(
@@ -188,10 +231,11 @@ def iter_batches(
     start = time.perf_counter() if since is None else since
     batches = classifier.iter_predictions(paths, keys=paths)
     try:
-        for batch in batches:
+        for number, batch in enumerate(_worker_errors(batches), 1):
             batch_ids = [ids[p.index] for p in batch]
             outputs = [bl.prediction_to_documents(p, plan.classes, **to_docs) for p in batch]
-            _write_batch(plan.dataset, plan.fields, batch_ids, outputs)
+            with database_errors(f"writing batch {number}", result):
+                _write_batch(plan.dataset, plan.fields, batch_ids, outputs, number)
             first_failure = _count(result, batch, batch_ids)
             if first_failure is not None and not plan.runtime.skip_failures:
                 p = batch[first_failure]
@@ -211,18 +255,59 @@ def iter_batches(
         result.images_per_s = done / seconds if seconds > 0 else 0.0
 
 
-def _write_batch(dataset, fields: dict, ids: list, outputs: list) -> None:
-    """One bulk ``set_values`` per field for the whole batch.
+def _worker_errors(batches):
+    """``batches``, with a DataLoader worker that died or delivered nothing
+    within its timeout turned into an error that says what to do."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if not str(e).startswith("DataLoader"):
+                raise
+            raise RuntimeError(
+                f"the image decoding workers failed ({e}); rerun with "
+                "num_workers=0 to decode in this process (BIFTA_WORKER_TIMEOUT_S "
+                "sets how long a batch may take)"
+            ) from e
+        yield batch
 
-    The values are the stored form of the labels (:mod:`bifta_plugin.labels`
-    builds them, tests check they load back as FiftyOne labels), so
-    FiftyOne passes them through without building label objects; the
-    schema was declared by :func:`_declare_fields`.
+
+def _write_batch(dataset, fields: dict, ids: list, outputs: list, number: int = 0) -> None:
+    """One bulk write for the batch: one ``UpdateOne`` per sample that sets
+    all its fields (and ``last_modified_at``) together, so each sample is
+    written whole or not at all, whenever the process or the connection
+    dies.
+
+    The values are the stored form of the labels (:mod:`bifta_plugin.sdk.labels`
+    builds them, tests check they load back as FiftyOne labels), passed
+    through the declared fields' ``to_mongo`` as ``set_values`` does; the
+    schema was declared by :func:`_declare_fields` (and the best crop's,
+    :mod:`.display`, by :func:`prepare_dataset`).
     """
-    for role, name in fields.items():
-        values = {sid: out[role] for sid, out in zip(ids, outputs)}
-        dataset.set_values(name, values, key_field="id", expand_schema=False, validate=False)
-    bd.write_best_crops(dataset, fields, ids, outputs)
+    from pymongo import UpdateOne
+    from bson import ObjectId
+
+    schema = {name: dataset.get_field(name) for name in fields.values()}
+    best = bd.best_crops(dataset, fields, outputs)  # <L>_best_crop, in the same update
+    now = datetime.datetime.utcnow()
+    ops = []
+    for i, (sid, out) in enumerate(zip(ids, outputs)):
+        values = {
+            name: None if out[role] is None else schema[name].to_mongo(out[role])
+            for role, name in fields.items()
+        }
+        if best is not None:
+            values[best[0]] = best[1][i]
+        ops.append(UpdateOne({"_id": ObjectId(sid)}, {"$set": {**values, "last_modified_at": now}}))
+    kill_point("before_batch", number)
+    if _kill_at() == ("mid_batch", number):  # half the samples, as a cut connection can leave
+        half = max(1, len(ops) // 2)
+        dataset._bulk_write(ops[:half], ids=ids[:half])
+        kill_point("mid_batch", number)
+    dataset._bulk_write(ops, ids=ids)
+    kill_point("after_batch", number)
 
 
 def _count(result: RunResult, batch, ids) -> int | None:
@@ -238,6 +323,81 @@ def _count(result: RunResult, batch, ids) -> int | None:
         if first is None:
             first = i
     return first
+
+
+# ----------------------------------------------------------------------------
+# Database loss
+# ----------------------------------------------------------------------------
+class database_errors:
+    """Turns a lost database connection inside the block into a
+    :class:`~.results.DatabaseUnavailableError` naming the database.
+
+    The wait is bounded by the client's server selection timeout (pymongo's
+    ``serverSelectionTimeoutMS``, 30 s unless the database URI sets it).
+    """
+
+    def __init__(self, doing: str, result: RunResult | None = None):
+        self.doing, self.result = doing, result
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        from pymongo.errors import ConnectionFailure
+
+        if exc is None or not isinstance(exc, ConnectionFailure):
+            return False
+        saved = ""
+        if self.result is not None:
+            saved = (
+                f" The {self.result.num_processed + self.result.num_failed} samples "
+                "written before are saved; once the database is back, rerun "
+                "with skip_existing=True to resume."
+            )
+        raise DatabaseUnavailableError(
+            f"lost the FiftyOne database {database_name()} while {self.doing} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).{saved}"
+        ) from exc
+
+
+def database_name() -> str:
+    """``'name' at host:port`` of FiftyOne's database (no credentials)."""
+    import fiftyone as fo
+
+    uri = fo.config.database_uri or "the database FiftyOne started"
+    if "@" in uri:  # mongodb://user:password@host -> mongodb://host
+        scheme, _, rest = uri.partition("://")
+        uri = f"{scheme}://{rest.rpartition('@')[2]}"
+    return f"{fo.config.database_name!r} at {uri.split('?')[0]}"
+
+
+# ----------------------------------------------------------------------------
+# Test hook
+# ----------------------------------------------------------------------------
+#: ``BIFTA_TEST_KILL_AT=<boundary>:<n>`` (test hook, never set in use): the
+#: process SIGKILLs itself at the n-th pass of a write boundary:
+#: ``deleted``/``registered``/``declared`` (n = 1: run set-up, see
+#: :func:`prepare_dataset`), ``before_batch``/``mid_batch``/``after_batch``
+#: (n = the batch number; ``mid_batch`` first writes half its samples),
+#: ``finishing`` (before the final status is recorded).
+KILL_AT_ENV = "BIFTA_TEST_KILL_AT"
+
+
+def _kill_at() -> tuple[str, int] | None:
+    """The boundary ``BIFTA_TEST_KILL_AT`` names, or None (the usual case)."""
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return None
+    boundary, _, n = spec.partition(":")
+    return boundary, int(n or 1)
+
+
+def kill_point(boundary: str, n: int = 1) -> None:
+    """Test hook: SIGKILL this process here if ``BIFTA_TEST_KILL_AT`` says so."""
+    if _kill_at() == (boundary, n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 
 
 def evaluate(plan: RunPlan, result: RunResult) -> None:
@@ -281,6 +441,7 @@ def finish_run(
     summary["num_failures_kept"] = len(result.failures)
     if error is not None:
         summary["error"] = error
+    kill_point("finishing")
     try:
         br.update_bifta_run(
             plan.dataset, plan.run_key, status=status, eval_key=result.eval_key, results=summary
@@ -288,4 +449,7 @@ def finish_run(
     except Exception:  # never mask the run's own error
         if status == "completed":
             raise
-        logger.warning("could not record the status of run %r", plan.run_key, exc_info=True)
+        logger.warning(
+            "could not record the status %r of run %r (it stays 'running' until "
+            "a rerun with the same run key replaces it)", status, plan.run_key, exc_info=True,
+        )

@@ -1,0 +1,92 @@
+"""DataLoader worker life cycle: workers never outlive the process that
+started them, and a worker that cannot start is an error, not a hang.
+
+- :func:`die_with_parent` (called in each worker at start-up): on Linux the
+  kernel SIGKILLs the worker when its parent dies (``PR_SET_PDEATHSIG``),
+  ``kill -9`` included; elsewhere a daemon thread polls the parent pid.
+- :func:`safe_num_workers`: under the ``spawn``/``forkserver`` start
+  methods a worker re-imports the pipeline by its module name; FiftyOne
+  imports plugins under a package name no other process can import, so
+  there the default is 0 workers (decoding in the calling process).
+- :data:`WORKER_TIMEOUT_S`: the DataLoader's ``timeout``, the longest wait
+  for one batch from the workers, so a worker stuck at start-up raises.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+#: seconds the main process waits for one batch from the workers before
+#: raising (``BIFTA_WORKER_TIMEOUT_S`` overrides; 0 waits forever)
+WORKER_TIMEOUT_S = float(os.environ.get("BIFTA_WORKER_TIMEOUT_S", "120"))
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process exit when ``parent_pid`` (its parent) dies."""
+    if sys.platform.startswith("linux") and _set_pdeathsig():
+        if os.getppid() != parent_pid:  # the parent died before prctl
+            os._exit(1)
+        return
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _set_pdeathsig() -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except Exception:  # no libc prctl: fall back on polling
+        return False
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    os._exit(1)
+
+
+def start_method() -> str:
+    """The start method new worker processes get ("fork", "spawn", ...)."""
+    # the first of get_all_start_methods() is the default; asking
+    # get_start_method() without allow_none would fix it for the process
+    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+
+
+def importable_by_name(module_name: str) -> bool:
+    """Whether a fresh interpreter (a spawned worker) can import
+    ``module_name`` from ``sys.path``; looks at the files, not
+    ``sys.modules``."""
+    parts = module_name.split(".")
+    path = None
+    for i in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), path)
+        if spec is None:
+            return False
+        path = spec.submodule_search_locations
+    return True
+
+
+def safe_num_workers(requested: int, module_name: str) -> int:
+    """``requested`` workers, or 0 where they could not start: under a
+    start method that re-imports ``module_name`` when it is not importable
+    by that name (a plugin loaded by FiftyOne in a spawned delegated
+    process)."""
+    if requested == 0 or start_method() == "fork" or importable_by_name(module_name):
+        return requested
+    logger.info(
+        "decoding in the main process: DataLoader workers start with %r and "
+        "could not import %s", start_method(), module_name,
+    )
+    return 0
