@@ -443,7 +443,9 @@ def test_run_form_generates_missing_descriptions_then_runs(
     _input_after(page, "An open_clip tag").fill("none")
     _input_after(page, "The fo.Classification field to write").fill("llm_pred")
     _input_after(page, "auto, cpu, cuda").fill("cpu")
-    plan = page.get_by_text("4 of 4 classes will be generated first")
+    # The form re-resolves after each typed value (debounced): wait for the
+    # plan computed from the final values, not an earlier one.
+    plan = page.get_by_text(re.compile(r"4 of 4 classes will be generated first.*app-llm"))
     plan.first.wait_for(timeout=LOAD_TIMEOUT)
     assert "app-llm" in plan.first.inner_text()
     assert "API key set" in plan.first.inner_text()
