@@ -38,7 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bifta_plugin.core.config import get_config, list_methods  # noqa: E402
+from bifta_plugin.core.config import get_config  # noqa: E402
+from bifta_plugin.core.methods import list_methods  # noqa: E402
 from bifta_plugin.engine.encoders import create_encoder  # noqa: E402
 from bifta_plugin.engine.pipeline import BiftaClassifier, RuntimeOptions  # noqa: E402
 

@@ -11,6 +11,7 @@ import pytest
 import fiftyone as fo
 
 from bifta_plugin.sdk import analysis as ba
+from bifta_plugin.sdk.rules import classification_fields
 
 pytestmark = pytest.mark.fiftyone
 
@@ -334,7 +335,7 @@ def test_low_confidence_view(ds):
 
 # --- fields, runs, explanation -----------------------------------------------
 def test_fields_and_defaults(ds):
-    assert ba.classification_fields(ds) == ["bifta", "ground_truth"]
+    assert classification_fields(ds) == ["bifta", "ground_truth"]
     assert ba.default_prediction_field(ds) == "bifta"  # has confidences
     assert ba.default_gt_field(ds, "bifta") == "ground_truth"
     assert ba.default_gt_field(ds, "ground_truth") == "bifta"

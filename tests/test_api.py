@@ -11,6 +11,7 @@ import fiftyone.core.sample as fos
 from fiftyone import ViewField as F
 
 from bifta_plugin.sdk import run as api, records as runs
+from bifta_plugin.core.methods import get_method
 from bifta_plugin.sdk.labels import safe_field_names
 from bifta_plugin.sdk.options import split_options
 
@@ -20,7 +21,8 @@ DESCRIPTIONS = {
     "astronaut": ["a person in a space suit", "an astronaut with a helmet"],
     "coffee": ["a cup of coffee", "a hot drink in a mug"],
 }
-FAST = dict(num_candidates=8, max_views=8, num_workers=0, batch_size=2)
+FAST = dict(num_workers=0, batch_size=2)
+CROPS = dict(num_candidates=8, max_views=8)  # for the crop methods only
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,8 @@ def photos(sample_images):
 def _run(ds, encoder, **kwargs):
     """run_bifta with flat settings grouped into its option groups."""
     args = dict(FAST, instance=encoder)
+    if get_method(kwargs.get("method", "bifta")).uses_crops:
+        args.update(CROPS)
     args.update(kwargs)
     classes = args.pop("classes", CLASSES)
     descriptions = args.pop("descriptions", DESCRIPTIONS)
@@ -311,7 +315,7 @@ def test_refuses_a_run_key_of_another_tool(fo_dataset, photos, encoder):
         (dict(label_field="_hidden"), "invalid label_field"),
         (dict(label_field="a.b"), "invalid label_field"),
         (dict(label_field="a$b"), "invalid label_field"),
-        (dict(label_field="my-preds"), "run_key 'my-preds' is not a valid identifier"),
+        (dict(label_field="my-preds"), "invalid label_field 'my-preds'"),
         (dict(run_key="bad key"), "run_key"),
         (dict(no_such_option=1), "Unknown config option"),
         (dict(method="nope"), "Unknown method"),

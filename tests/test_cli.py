@@ -23,6 +23,7 @@ pytestmark = pytest.mark.fiftyone
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", TINY_MODEL_NAME, "--model-config", str(TINY_CONFIG_PATH)]
 FAST = ["--num-candidates", "3", "--batch-size", "4"]
+FAST_GLOBAL = ["--batch-size", "4"]  # the global methods draw no crops
 
 
 def _main(argv, capsys):
@@ -97,7 +98,7 @@ def test_demo_random_weights_end_to_end(capsys, tmp_path, dataset_name):
             "--pretrained",
             "none",
             *TINY,
-            *FAST,
+            *FAST_GLOBAL,
             "--dataset",
             dataset_name,
             "--media-dir",
@@ -238,30 +239,31 @@ def test_classify_runs_info_delete(
     ds = fo_dataset(sample_images[:3])
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps(["cat", "astronaut", "coffee"]))
-    code, out, err = _main(
-        [
-            "classify",
-            "--dataset",
-            ds.name,
-            "--classes-file",
-            classes,
-            "--method",
-            "wca",
-            *TINY,
-            "--pretrained",
-            checkpoint,
-            *FAST,
-            "--label-field",
-            "pred",
-            "--gt-field",
-            "ground_truth",
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    argv = [
+        "classify",
+        "--dataset",
+        ds.name,
+        "--classes-file",
+        classes,
+        *TINY,
+        "--pretrained",
+        checkpoint,
+        *FAST_GLOBAL,
+        "--label-field",
+        "pred",
+        "--gt-field",
+        "ground_truth",
+        "--device",
+        "cpu",
+    ]
+    # no --descriptions: wca is refused (as by run_bifta), nothing else runs
+    code, out, err = _main([*argv, "--method", "wca"], capsys)
+    assert code == 2 and "method 'wca' needs class descriptions" in err
+    ds.reload()
+    assert "pred" not in ds.get_field_schema() and not ds.has_run("pred")
+
+    code, out, err = _main([*argv, "--method", "ensemble"], capsys)
     assert code == 0, err
-    assert "running 'ensemble'" in err  # no --descriptions: the fallback
     assert "3 processed" in out and "Accuracy" in out
     ds.reload()
     assert ds.count("pred") == 3 and ds.has_evaluation("eval_pred")
@@ -410,7 +412,8 @@ def test_folder_with_labels_from_subdirs(
 
     # the name is taken now
     code, _, err = _main(
-        ["folder", root, "--dataset", dataset_name, "--classes", "x"], capsys
+        ["folder", root, "--dataset", dataset_name, "--classes", "x", "--method", "clip"],
+        capsys,
     )
     assert code == 2 and "--overwrite-dataset" in err
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from bifta_plugin.core.config import BiftaConfig, config_from_dict, get_config, list_methods
+from bifta_plugin.core.config import BiftaConfig, config_from_dict, get_config
+from bifta_plugin.core.methods import list_methods
 
 
 def test_presets_match_published_defaults():

@@ -30,7 +30,7 @@ from tiny_model import TINY_CONFIG_PATH, TINY_MODEL_NAME
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 TINY = ["--model", TINY_MODEL_NAME, "--model-config", str(TINY_CONFIG_PATH)]
-FAST = ["--num-candidates", "3", "--batch-size", "4", "--num-workers", "0"]
+FAST = ["--batch-size", "4", "--num-workers", "0"]  # global methods: no crop options
 DESCRIPTIONS = {
     "cat": ["a cat with whiskers", "a small furry pet"],
     "astronaut": ["a person in a space suit", "an astronaut with a helmet"],
@@ -158,9 +158,12 @@ def test_folder_overwrite_dataset_replaces_only_after_the_checks(
     root = _photo_folder(tmp_path, sample_images)
     old = fo.Dataset(dataset_name, persistent=True)
     old.add_sample(fo.Sample(filepath=sample_images[0][0]))
+    descriptions = tmp_path / "cat.json"  # bifta refuses to run without descriptions
+    descriptions.write_text('{"cat": ["a small furry pet."]}')
     code, _, err = _main(
         ["folder", root, "--dataset", dataset_name, "--overwrite-dataset",
-         "--classes", "cat", "--iou-threshold", "7", *TINY, "--pretrained", "none"],
+         "--classes", "cat", "--descriptions", descriptions, "--iou-threshold", "7",
+         *TINY, "--pretrained", "none"],
         capsys,
     )
     assert code == 2 and "iou_threshold" in err
@@ -527,7 +530,8 @@ def test_cli_refusals_name_cli_flags_and_delete_run_reports_everything(
             "--gt-field", "ground_truth"]
     code, _, err = _main(args, capsys)
     assert code == 0, err
-    code, _, err = _main(args[:-2] + ["--set", "seed=3"], capsys)  # other config, same key
+    # other config (an option clip reads), same key
+    code, _, err = _main(args[:-2] + ["--set", "anchor_template=a picture of a {}."], capsys)
     assert code == 2 and "--overwrite" in err and "overwrite=True" not in err
     assert "--label-field / --run-key / --eval-key" in err
 

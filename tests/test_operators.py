@@ -15,7 +15,8 @@ URI = "@bifta/bifta/run_bifta"
 INFO_URI = "@bifta/bifta/get_bifta_run_info"
 DELETE_URI = "@bifta/bifta/delete_bifta_run"
 CLASSES = ["cat", "astronaut", "coffee"]
-FAST = dict(num_candidates=3, max_views=3, batch_size=2)
+FAST = dict(batch_size=2)
+CROPS = dict(num_candidates=3, max_views=3)  # for the crop methods only
 
 
 @pytest.fixture
@@ -93,6 +94,7 @@ def test_immediate_run_writes_fields_and_streams_progress(
 
     params = dict(
         base_params,
+        **CROPS,
         method="bifta",
         descriptions_path=descriptions_file,
         label_field="pred",
@@ -106,7 +108,7 @@ def test_immediate_run_writes_fields_and_streams_progress(
 
     out = streamed_results(result)
     assert out["num_processed"] == 3 and out["num_failed"] == 0
-    assert out["method"] == "bifta" and out["fallback"] is None
+    assert out["method"] == "bifta"
     assert 0.0 <= out["accuracy"] <= 1.0 and out["eval_key"] == "eval_pred"
     assert "Accuracy" in json.dumps(result.executor.to_json())
     # what BiFTA's description refinement did, per class, in the output
@@ -177,28 +179,27 @@ def test_closing_the_operator_generator_interrupts_the_run(dataset, base_params)
     assert runs.get_bifta_run_info(dataset, "bifta")["status"] == "completed"
 
 
-def test_missing_descriptions_fall_back_to_ensemble(dataset, base_params):
-    from bifta_plugin.ui.run_execution import streamed_results
+def test_missing_descriptions_are_refused(dataset, base_params):
+    """No descriptions file: the form refuses a description method (as the
+    SDK and the CLI do) and no other method runs instead."""
+    from fiftyone.operators.executor import ExecutionError
+
+    from bifta_plugin.ui.run_execution import build_run_request
 
     props = _form(dataset, dict(base_params, method="wca"))
-    assert "descriptions_fallback" in props
-    notice = props["descriptions_fallback"].view.label
-    assert "ensemble" in notice and "wca" in notice
+    invalid, error = _invalid(props, "descriptions_path")
+    assert invalid and "method 'wca' needs class descriptions" in error
 
-    out = streamed_results(_execute(dataset, dict(base_params, method="wca")))
-    assert out["method_requested"] == "wca"
-    assert out["method"] == "ensemble"
-    assert "ensemble" in out["fallback"]
+    with pytest.raises(ExecutionError, match="method 'wca' needs class descriptions"):
+        _execute(dataset, dict(base_params, method="wca"))
+    with pytest.raises(ValueError, match="method 'wca' needs class descriptions"):
+        build_run_request(dict(base_params, method="wca"))
     dataset.reload()
-    assert (
-        "bifta_crops" not in dataset.get_field_schema()
-    )  # no crops: ensemble
-    assert set(dataset.values("bifta.label")) <= set(CLASSES)
+    assert "bifta" not in dataset.get_field_schema()
 
-    # a method that needs no descriptions shows no notice
-    assert "descriptions_fallback" not in _form(
-        dataset, dict(base_params, method="clip")
-    )
+    # a method that needs no descriptions: valid without a file
+    props = _form(dataset, dict(base_params, method="clip"))
+    assert not props["descriptions_path"].invalid
 
 
 def test_classes_from_file_and_from_field(dataset, base_params, tmp_path):
@@ -442,9 +443,8 @@ def test_run_info_and_delete_operators(dataset, base_params):
         dataset,
         dict(
             base_params,
-            method="bifta",
+            method="ensemble",
             label_field="gone",
-            descriptions_path=None,
         ),
     )
     props = _form(dataset, {}, uri=INFO_URI)
@@ -489,7 +489,7 @@ def test_build_run_request_maps_params_to_sdk_names():
             view_target="DATASET",
         )
     )
-    assert request.fallback is None
+    assert request.generate is None
     assert request.kwargs == dict(
         classes=["a", "b"],
         method="bifta",
@@ -514,7 +514,6 @@ def test_outputs_render(dataset):
             num_failed=1,
             accuracy=0.5,
             eval_key="eval_p",
-            fallback="No descriptions file",
         ),
         INFO_URI: dict(run_key="p", info={"method": "bifta"}),
         DELETE_URI: dict(run_key="p", deleted_fields=["p", "p_error"]),
@@ -533,4 +532,3 @@ def test_outputs_render(dataset):
         text = json.dumps(prop.to_json())
         if uri == URI:
             assert "Accuracy: 50.0%" in text and "p_error" in text
-            assert "No descriptions file" in text

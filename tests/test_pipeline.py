@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from bifta_plugin.core import crops as views
-from bifta_plugin.core.config import get_config, list_methods
+from bifta_plugin.core.config import get_config
+from bifta_plugin.core.methods import list_methods
 from bifta_plugin.engine.encoders import create_encoder
 from bifta_plugin.engine.pipeline import BiftaClassifier, RuntimeOptions
 

@@ -17,6 +17,7 @@ import pytest
 from test_generation import FakeLLM, clean_env, llm  # noqa: F401 (fixtures)
 from test_operators import (  # noqa: F401 (fixtures)
     CLASSES,
+    CROPS,
     URI,
     _execute,
     _form,
@@ -47,6 +48,7 @@ def partial_file(tmp_path):
 def _gen_params(base_params, llm, path, **extra):
     return dict(
         base_params,
+        **CROPS,
         method="bifta",
         descriptions_path=str(path),
         generate_missing=True,
@@ -377,7 +379,6 @@ def test_build_run_request_generation_step(tmp_path):
         base_url="http://127.0.0.1:9/v1", model="m", samples_per_prompt=3, temperature=0.0
     )
     assert request.kwargs["descriptions"] == str(tmp_path / "d.json")
-    assert request.fallback is None
 
     assert build_run_request(dict(params, method="clip")).generate is None
     with pytest.raises(ValueError, match="needs descriptions_path"):

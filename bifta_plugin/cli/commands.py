@@ -35,16 +35,15 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..core.config import DESCRIPTION_METHODS, METHODS, get_config
+from ..core import defaults
+from ..core.config import get_config
+from ..core.methods import descriptions_needed_error, get_method, list_methods
 from .demo import DEMO_CPU_CANDIDATES, DEMO_DATASET, cmd_demo
 from .errors import CliError, cli_wording
 from .output import notice as _notice
 from .output import print_table as _print_table
 
 logger = logging.getLogger(__name__)
-
-FALLBACK_METHOD = "ensemble"
-
 
 # ----------------------------------------------------------------------------
 # Entry point
@@ -123,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--media-dir",
         help="where to write the images (default <fiftyone dataset dir>/bifta-demo)",
     )
-    p.add_argument("--method", default="bifta", choices=METHODS)
+    p.add_argument("--method", default=defaults.METHOD, choices=list_methods())
     p.add_argument("--limit", type=int, help="use only the first N photos")
     _add_model_args(p)
     _add_runtime_args(p)
@@ -184,7 +183,8 @@ def _add_classes_args(p, required: bool, field: bool = True) -> None:
     )
     if field:
         group.add_argument(
-            "--classes-field", help="use the labels of this Classification field"
+            "--classes-field",
+            help="use the labels of this Classification field (over the whole dataset)",
         )
 
 
@@ -218,14 +218,14 @@ def _add_model_args(p) -> None:
     p.add_argument(
         "--model",
         dest="model_name",
-        default="ViT-B-32",
-        help="open_clip model name (default ViT-B-32)",
+        default=defaults.MODEL_NAME,
+        help=f"open_clip model name (default {defaults.MODEL_NAME})",
     )
     p.add_argument(
         "--pretrained",
-        default="openai",
+        default=defaults.PRETRAINED,
         help="open_clip tag, or a local checkpoint file; 'none' = random "
-        "weights (default openai)",
+        f"weights (default {defaults.PRETRAINED})",
     )
     p.add_argument(
         "--model-config",
@@ -237,34 +237,33 @@ def _add_model_args(p) -> None:
 
 def _add_runtime_args(p) -> None:
     p.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps"
+        "--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N or mps"
     )
     p.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16")
+        "--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     p.add_argument(
         "--num-workers",
         type=int,
         help="image decoding workers (default: automatic)",
     )
     p.add_argument(
-        "--crop-mode", default="auto", choices=("auto", "exact", "fast")
+        "--crop-mode", default=defaults.CROP_MODE, choices=defaults.CROP_MODES
     )
 
 
 def _add_run_args(p) -> None:
-    p.add_argument("--method", default="bifta", choices=METHODS)
+    p.add_argument("--method", default=defaults.METHOD, choices=list_methods())
     p.add_argument(
         "--descriptions",
         help="class descriptions file (JSON/YAML {class: [sentences]}, or "
-        "templates); without it the description methods fall back to "
-        f"'{FALLBACK_METHOD}'",
+        "templates); required by the methods that use descriptions",
     )
     p.add_argument(
         "--descriptions-format",
-        default="auto",
-        choices=("auto", "cupl", "dclip", "templates"),
+        default=defaults.DESCRIPTIONS_FORMAT,
+        choices=defaults.DESCRIPTIONS_FORMATS,
     )
     g = p.add_argument_group(
         "description generation (API key from BIFTA_LLM_API_KEY / OPENAI_API_KEY)"
@@ -276,7 +275,7 @@ def _add_run_args(p) -> None:
         "classes the --descriptions .json file lacks (created if missing)",
     )
     _add_llm_args(g, prefix="llm-")
-    p.add_argument("--label-field", default="bifta")
+    p.add_argument("--label-field", default=defaults.LABEL_FIELD)
     p.add_argument(
         "--gt-field", help="Classification field to evaluate against"
     )
@@ -309,17 +308,12 @@ def _add_run_args(p) -> None:
         help="decode large JPEGs at reduced size (fast; not the reference's "
         "full decode)",
     )
-    g = p.add_argument_group("method settings (default: the method's preset)")
-    g.add_argument("--num-candidates", type=int)
-    g.add_argument("--max-views", type=int)
-    g.add_argument("--iou-threshold", type=_float_or_off, help="0-1, or 'off'")
-    g.add_argument(
-        "--desc-sim-threshold", type=_float_or_off, help="0-1, or 'off'"
+    g = p.add_argument_group(
+        "method settings (default: the method's preset; a setting the "
+        "method does not use is refused)"
     )
-    g.add_argument(
-        "--max-descriptions", type=_int_or_off, help="an integer, or 'off'"
-    )
-    g.add_argument("--seed", type=int)
+    for name, parse, help in CONFIG_ARGS:
+        g.add_argument("--" + name.replace("_", "-"), type=parse, help=help)
     g.add_argument(
         "--set",
         action="append",
@@ -337,17 +331,21 @@ def _int_or_off(text: str):
     return "off" if text.lower() == "off" else int(text)
 
 
+#: config options with their own flag: (name, parser, help)
+CONFIG_ARGS = (
+    ("num_candidates", int, "crops drawn per image (wca, bifta)"),
+    ("max_views", int, "crops kept per image (wca, bifta)"),
+    ("iou_threshold", _float_or_off, "crop IoU filter, 0-1 or 'off' (bifta)"),
+    ("desc_sim_threshold", _float_or_off, "description filter, 0-1 or 'off' (bifta)"),
+    ("max_descriptions", _int_or_off, "descriptions kept per class, or 'off' (bifta)"),
+    ("seed", int, "seed of the crop boxes (wca, bifta)"),
+)
+
+
 def _config_overrides(args) -> dict:
     overrides = {
         name: getattr(args, name)
-        for name in (
-            "num_candidates",
-            "max_views",
-            "iou_threshold",
-            "desc_sim_threshold",
-            "max_descriptions",
-            "seed",
-        )
+        for name, _, _ in CONFIG_ARGS
         if getattr(args, name, None) is not None
     }
     for item in getattr(args, "set", []):
@@ -465,7 +463,7 @@ def _generate_missing(samples, kwargs: dict, args) -> None:
     )
     from ..sdk.plan import resolve_classes
 
-    if args.method not in DESCRIPTION_METHODS:
+    if not get_method(args.method).uses_descriptions:
         _notice(f"method '{args.method}' uses no descriptions; nothing to generate")
         return
     check_generated_format(args.descriptions_format)  # before any output
@@ -524,7 +522,7 @@ def _run_kwargs(args) -> dict:
         kwargs["classes"] = load_classes(args.classes_file)
     else:
         kwargs["classes"] = args.classes
-    if args.method in DESCRIPTION_METHODS:
+    if get_method(args.method).uses_descriptions:
         if args.descriptions:
             kwargs["descriptions"] = args.descriptions
         elif args.generate_missing:
@@ -532,13 +530,8 @@ def _run_kwargs(args) -> dict:
                 "--generate-missing needs --descriptions: the .json file to "
                 "write the generated descriptions to"
             )
-        else:
-            _notice(
-                f"method '{args.method}' needs class descriptions and no "
-                f"--descriptions was given: running '{FALLBACK_METHOD}' "
-                "(prompt templates) instead"
-            )
-            kwargs["method"] = FALLBACK_METHOD
+        else:  # refused, as by run_bifta: never another method instead
+            raise CliError(descriptions_needed_error(args.method))
     elif args.descriptions:
         _notice(
             f"method '{args.method}' does not use descriptions; ignoring --descriptions"

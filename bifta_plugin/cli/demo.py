@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..core.config import DESCRIPTION_METHODS
+from ..core.methods import get_method
 from .errors import CliError
 from .output import banner as _banner
 from .output import print_table as _print_table
@@ -48,6 +48,7 @@ def cmd_demo(args) -> int:
     )
     classes = list(dict.fromkeys(label for *_, label in DEMO_IMAGES))
     encoder = _demo_encoder(args)
+    spec = get_method(args.method)
     overrides = {}
     num_candidates = _demo_num_candidates(args, encoder)
     if num_candidates is not None:
@@ -58,7 +59,7 @@ def cmd_demo(args) -> int:
         classes=classes,
         descriptions=(
             str(DEMO_DESCRIPTIONS)
-            if args.method in DESCRIPTION_METHODS
+            if spec.uses_descriptions
             else None
         ),
         method=args.method,
@@ -169,9 +170,7 @@ def _demo_encoder(args):
 
 
 def _demo_num_candidates(args, encoder) -> int | None:
-    from ..core.config import CROP_METHODS
-
-    if args.method not in CROP_METHODS:
+    if not get_method(args.method).uses_crops:
         return args.num_candidates
     if args.num_candidates is not None:
         return args.num_candidates
@@ -189,7 +188,7 @@ def _print_demo_settings(
         else f"weights {encoder.pretrained}"
     )
     crops = "no crops (global view only)"
-    if args.method in ("wca", "bifta"):
+    if get_method(args.method).uses_crops:
         default = get_config(args.method).num_candidates
         crops = f"{num_candidates or default} crops per image"
         if num_candidates is not None and num_candidates != default:

@@ -1,9 +1,11 @@
-"""Method hyperparameters: one frozen, validated dataclass plus named presets.
+"""Method hyperparameters: one frozen, validated dataclass.
 
 Every number that changes a prediction lives here, so a config's
 ``to_dict()`` is the complete provenance of a result and the source of every
 cache key. Runtime options that do not change results (device, batch sizes,
 worker counts) live in :class:`bifta_plugin.pipeline.RuntimeOptions`.
+The methods' presets and the options each method reads are in
+:mod:`.methods`.
 
 Defaults follow ``docs/METHOD.md`` §8 (what produced the published
 numbers):
@@ -22,6 +24,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from . import defaults
+from .methods import MethodSpec, get_method, off_method_error
 
 DEFAULT_ANCHOR_TEMPLATE = "a photo of a {}."
 
@@ -42,9 +47,6 @@ DEFAULT_ENSEMBLE_TEMPLATES = (
     "a photo of one {}.",
 )
 
-METHODS = ("clip", "ensemble", "descriptions", "wca", "bifta")
-CROP_METHODS = ("wca", "bifta")
-DESCRIPTION_METHODS = ("descriptions", "wca", "bifta")
 SCORE_FORMS = ("normalized", "paper")
 PROTOCOLS = ("single_pass", "resample")
 
@@ -57,7 +59,7 @@ class BiftaConfig:
     and applies validated overrides.
     """
 
-    method: str = "bifta"
+    method: str = defaults.METHOD
 
     # --- local views (crops); ignored by the global-only methods ---
     num_candidates: int = 100  # square crops drawn per image (N_pool / n_samples)
@@ -91,12 +93,17 @@ class BiftaConfig:
         _validate(self)
 
     @property
+    def spec(self) -> MethodSpec:
+        """What the method does (:mod:`.methods`)."""
+        return get_method(self.method)
+
+    @property
     def uses_crops(self) -> bool:
-        return self.method in CROP_METHODS
+        return self.spec.uses_crops
 
     @property
     def uses_descriptions(self) -> bool:
-        return self.method in DESCRIPTION_METHODS
+        return self.spec.uses_descriptions
 
     @property
     def image_scale(self) -> float:
@@ -115,31 +122,7 @@ class BiftaConfig:
         return d
 
 
-_PRESETS: dict[str, dict[str, Any]] = {
-    "clip": dict(method="clip", desc_sim_threshold=None, max_descriptions=None),
-    "ensemble": dict(
-        method="ensemble", desc_sim_threshold=None, max_descriptions=None
-    ),
-    "descriptions": dict(
-        method="descriptions", desc_sim_threshold=None, max_descriptions=None
-    ),
-    "wca": dict(
-        method="wca",
-        min_scale=0.1,  # what WCA's code actually ran (docs/METHOD.md §9.1)
-        iou_threshold=None,
-        desc_sim_threshold=None,
-        max_descriptions=None,
-    ),
-    "bifta": dict(method="bifta"),
-}
-
-
-def list_methods() -> list[str]:
-    """The method names :func:`get_config` accepts."""
-    return list(METHODS)
-
-
-def get_config(method: str = "bifta", **overrides) -> BiftaConfig:
+def get_config(method: str = defaults.METHOD, **overrides) -> BiftaConfig:
     """The preset of ``method`` with ``overrides`` applied.
 
     ``None`` overrides are dropped (so callers can pass optional arguments
@@ -147,13 +130,16 @@ def get_config(method: str = "bifta", **overrides) -> BiftaConfig:
     (``iou_threshold``, ``desc_sim_threshold``, ``max_descriptions``), which
     are disabled by passing the string ``"off"`` (handy from a CLI or form).
 
+    An override of an option the method does not read (``desc_sim_threshold``
+    for ``wca``, ``num_candidates`` for ``clip``, ...) is refused unless it
+    equals the preset's value: the config is the run's provenance, so it
+    never records a setting that took no part in the run.
+
     Raises:
-        ValueError: unknown method, unknown override key, or a bad value.
+        ValueError: unknown method, unknown override key, an option the
+            method does not read, or a bad value.
     """
-    if method not in _PRESETS:
-        raise ValueError(
-            f"Unknown method {method!r}; expected one of {list(METHODS)}"
-        )
+    spec = get_method(method)
     known = {f.name for f in dataclasses.fields(BiftaConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -165,16 +151,30 @@ def get_config(method: str = "bifta", **overrides) -> BiftaConfig:
         raise ValueError(
             f"method given twice: {method!r} and {overrides['method']!r}"
         )
-    values = dict(_PRESETS[method])
+    values = {**_FIELD_DEFAULTS, **spec.preset, "method": method}
     for key, value in overrides.items():
-        if value is None:
+        value = _override_value(key, value)
+        if value is _DROP or value == values[key]:
             continue
-        if isinstance(value, str) and value.lower() == "off" and key in _NULLABLE:
-            value = None
-        if key == "templates" and not isinstance(value, tuple):
-            value = tuple(value)
+        message = off_method_error(method, key)
+        if message:
+            raise ValueError(message)
         values[key] = value
     return BiftaConfig(**values)
+
+
+_DROP = object()
+
+
+def _override_value(key: str, value):
+    """An override as a field value: None = not given, "off" = None."""
+    if value is None:
+        return _DROP
+    if isinstance(value, str) and value.lower() == "off" and key in _NULLABLE:
+        return None
+    if key == "templates" and not isinstance(value, tuple):
+        return tuple(value)
+    return value
 
 
 def config_from_dict(d: Mapping[str, Any]) -> BiftaConfig:
@@ -186,6 +186,7 @@ def config_from_dict(d: Mapping[str, Any]) -> BiftaConfig:
 
 
 _NULLABLE = ("iou_threshold", "desc_sim_threshold", "max_descriptions")
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BiftaConfig)}
 
 
 def _check(condition: bool, message: str):
@@ -206,10 +207,7 @@ def _is_real(x) -> bool:
 
 
 def _validate(cfg: BiftaConfig):
-    _check(
-        cfg.method in METHODS,
-        f"Unknown method {cfg.method!r}; expected one of {list(METHODS)}",
-    )
+    get_method(cfg.method)  # raises for an unknown method
     for name in ("num_candidates", "max_views", "num_runs", "num_draws"):
         value = getattr(cfg, name)
         _check(

@@ -31,9 +31,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-CROP_MODES = ("auto", "exact", "fast")
-
-
 @dataclass(frozen=True)
 class PreprocessPlan:
     """The model's eval transform, split into a PIL stage and a tensor stage.

@@ -34,6 +34,7 @@ from .boxes import greedy_filter
 # re-exported: the torch-free name rules live in classnames
 from .classnames import dclip_sentence, validate_classes, wordify  # noqa: F401
 from .config import BiftaConfig
+from .methods import descriptions_needed_error
 
 EncodeTexts = Callable[[list], Tensor]
 
@@ -49,17 +50,13 @@ def class_texts(
         ValueError: a description method with a class that has no
             descriptions (naming the classes).
     """
-    method = config.method
-    if method == "clip":
+    source = config.spec.texts
+    if source == "anchor":
         return [[config.anchor_template.format(wordify(c))] for c in classes]
-    if method == "ensemble":
+    if source == "templates":
         return [[t.format(wordify(c)) for t in config.templates] for c in classes]
     if descriptions is None:
-        raise ValueError(
-            f"method {method!r} needs class descriptions; pass descriptions "
-            "(a {class: [sentences]} mapping) or use method 'clip' or "
-            "'ensemble'"
-        )
+        raise ValueError(descriptions_needed_error(config.method))
     missing = [c for c in classes if not descriptions.get(c)]
     if missing:
         shown = ", ".join(repr(c) for c in missing[:10])
@@ -173,7 +170,7 @@ def build_text_side(
         A :class:`TextSide` on the CPU.
     """
     texts = class_texts(config, classes, descriptions)
-    weighted = config.method in ("wca", "bifta")
+    weighted = config.spec.weights_descriptions
     anchors = [config.anchor_template.format(wordify(c)) for c in classes]
     all_texts = [t for group in texts for t in group]
     lookup = encode_unique(all_texts + (anchors if weighted else []), encode_texts)
@@ -181,7 +178,7 @@ def build_text_side(
     kept_texts, per_class = [], []
     for group in texts:
         emb = torch.stack([lookup[t] for t in group])  # [M_c, D]
-        if config.method == "bifta":
+        if config.spec.refines_descriptions:
             keep = refine_descriptions(
                 emb, config.desc_sim_threshold, config.max_descriptions
             )

@@ -41,10 +41,10 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import yaml
 
 from ..core.classnames import dclip_sentence, validate_classes, wordify
+from ..core.defaults import DESCRIPTIONS_FORMATS
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "cupl", "dclip", "templates")
 SIDECAR_SUFFIX = ".meta.json"
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".txt": "txt"}
 
@@ -251,8 +251,10 @@ def load_descriptions(
             non-string entries, bad templates, bad classes.
         FileNotFoundError: ``source`` is a path that does not exist.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown descriptions format {format!r}; expected one of {list(FORMATS)}")
+    if format not in DESCRIPTIONS_FORMATS:
+        raise ValueError(
+            f"unknown descriptions format {format!r}; expected one of {list(DESCRIPTIONS_FORMATS)}"
+        )
     data, where, path = _read_source(source, format)
     kind, items = _top_level(data, where)
     fmt = _resolve_format(format, kind, where)
@@ -280,22 +282,42 @@ def load_descriptions(
     return result
 
 
-def load_classes(source: Union[str, "os.PathLike[str]", Sequence[str]]) -> list[str]:
-    """Read a class list: a JSON/YAML list, or a ``.txt`` file, one per line.
+def load_classes(
+    source: Union[str, "os.PathLike[str]", Sequence[str]],
+    max_bytes: int | None = None,
+) -> list[str]:
+    """Read a class list: a JSON or YAML list, or a ``.txt`` file, one per line.
 
+    The one class-list reader of the SDK, the CLI and the forms. Names are
+    stripped; blank lines and ``#`` comments are skipped in ``.txt`` files.
     Duplicates are kept (class lists are in label order, and some real ones,
-    like Places365's, repeat names).
+    like Places365's, repeat names; :func:`validate_classes` refuses them
+    for a run).
+
+    Args:
+        source: a file path, or a list of names (checked the same way).
+        max_bytes: refuse larger files (the forms read files on every
+            change); None = no limit.
 
     Raises:
-        ValueError: malformed file, not a list, or non-string / empty names.
+        FileNotFoundError: no such file.
+        ValueError: too large, unknown file type, malformed file, not a
+            list, or non-string / empty names.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        text = _read_text(path)
-        kind = _file_kind(path)
+        if path.is_file() and max_bytes is not None and path.stat().st_size > max_bytes:
+            raise ValueError(f"class list file {path} is larger than {max_bytes // 1000} kB")
+        text = _read_text(path, "class list")
+        kind = _EXTENSIONS.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(
+                f"{path}: unknown class list file type {path.suffix!r}; expected "
+                ".txt (one name per line), .json, .yaml or .yml (a list)"
+            )
         if kind == "txt":
-            data = [line.strip() for line in text.splitlines()]
-            data = [c for c in data if c and not c.startswith("#")]
+            data = [line for line in text.splitlines() if not line.strip().startswith("#")]
+            data = [c for c in data if c.strip()]
         else:
             data = _parse(text, kind, str(path))
         where = str(path)
@@ -309,7 +331,7 @@ def load_classes(source: Union[str, "os.PathLike[str]", Sequence[str]]) -> list[
         raise ValueError(f"{where}: class names must be non-empty strings; got {bad[:5]}")
     if not names:
         raise ValueError(f"{where}: the class list is empty")
-    return names
+    return [c.strip() for c in names]
 
 
 def read_mapping(path: Union[str, "os.PathLike[str]"]) -> dict[str, list[str]]:
@@ -478,9 +500,9 @@ def _file_kind(path: Path) -> str:
     return kind
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, what: str = "descriptions") -> str:
     if not path.is_file():
-        raise FileNotFoundError(f"descriptions file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         # utf-8-sig: tolerate the BOM some Windows editors write.
         text = path.read_text(encoding="utf-8-sig")

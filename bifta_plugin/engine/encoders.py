@@ -40,12 +40,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..core import defaults
+
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
-# ``pretrained`` values that mean "no weights": random initialisation.
-RANDOM_TAGS = ("", "none", "random")
 CACHE_DIR_ENV = "BIFTA_CACHE_DIR"
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -146,9 +145,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         ValueError: unknown precision, or a half precision on CPU.
     """
     name = precision.strip().lower() if isinstance(precision, str) else None
-    if name not in PRECISIONS:
+    if name not in defaults.PRECISIONS:
         raise ValueError(
-            f"unknown precision {precision!r}; use one of {list(PRECISIONS)}"
+            f"unknown precision {precision!r}; use one of {list(defaults.PRECISIONS)}"
         )
     device = torch.device(device)
     if name == "auto":
@@ -183,7 +182,7 @@ def is_random_weights(model_name: str, pretrained: Any) -> bool:
     if pretrained is None:
         return True
     return isinstance(pretrained, str) and (
-        pretrained.strip().lower() in RANDOM_TAGS
+        pretrained.strip().lower() in defaults.RANDOM_PRETRAINED
     )
 
 
@@ -736,8 +735,8 @@ class ClipEncoder:
 
 
 def create_encoder(
-    model_name: str = "ViT-B-32",
-    pretrained: str | os.PathLike | None = "openai",
+    model_name: str = defaults.MODEL_NAME,
+    pretrained: str | os.PathLike | None = defaults.PRETRAINED,
     *,
     device: str | torch.device | None = "auto",
     precision: str = "auto",

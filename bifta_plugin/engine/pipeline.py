@@ -37,6 +37,7 @@ from torch import Tensor
 from ..core import boxes as box_ops
 from ..core import crops, scoring
 from ..core.config import BiftaConfig, get_config
+from ..core.defaults import CROP_MODES
 from ..core.text import TextSide, build_text_side, validate_classes
 from . import decode
 from . import workers as worker_life
@@ -94,9 +95,9 @@ class RuntimeOptions:
             not isinstance(self.num_workers, int) or self.num_workers < 0
         ):
             raise ValueError(f"num_workers must be an integer >= 0; got {self.num_workers!r}")
-        if self.crop_mode not in crops.CROP_MODES:
+        if self.crop_mode not in CROP_MODES:
             raise ValueError(
-                f"crop_mode must be one of {list(crops.CROP_MODES)}; got {self.crop_mode!r}"
+                f"crop_mode must be one of {list(CROP_MODES)}; got {self.crop_mode!r}"
             )
 
 
@@ -230,7 +231,7 @@ class BiftaClassifier:
         runtime: RuntimeOptions | None = None,
     ):
         self.classes = validate_classes(classes)
-        self.config = config or get_config("bifta")
+        self.config = config or get_config()
         self.runtime = runtime or RuntimeOptions()
         self.encoder = encoder
         self.device = torch.device(encoder.device)
@@ -348,7 +349,7 @@ class BiftaClassifier:
         """Scores of the reference protocol: Tensor[B, R, C]."""
         cfg = self.config
         num_valid = mask.sum(dim=1).tolist()
-        shared = cfg.iou_threshold is None  # WCA: one index vector for all images
+        shared = cfg.spec.shared_resample_draws  # WCA: one index vector for all images
         draws = []
         for it, n in zip(items, num_valid):
             gen = box_ops.image_generator(cfg.seed, "" if shared else it.key, "draws")

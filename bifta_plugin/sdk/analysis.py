@@ -43,6 +43,7 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from .records import RunRecords
+from .rules import classification_fields
 
 logger = logging.getLogger(__name__)
 
@@ -620,14 +621,6 @@ def build_confidence_histogram_by_outcome(
 
 
 # --- fields and runs ---------------------------------------------------------
-def classification_fields(dataset) -> list[str]:
-    """Names of the top-level ``fo.Classification`` fields, sorted."""
-    import fiftyone as fo
-
-    schema = dataset.get_field_schema(embedded_doc_type=fo.Classification)
-    return sorted(schema)
-
-
 def _run_field(info: dict, role: str = "label") -> str | None:
     fields = info.get("fields") or {}
     if role == "label":

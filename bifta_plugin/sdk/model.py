@@ -38,6 +38,7 @@ import numpy as np
 import fiftyone.core.models as fom
 
 from . import labels as bl
+from ..core import defaults
 from ..core.classnames import validate_classes
 from ..core.config import get_config
 from ..engine.pipeline import BiftaClassifier, RuntimeOptions
@@ -76,10 +77,10 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         classes: Sequence[str],
         descriptions=None,
         *,
-        method: str = "bifta",
+        method: str = defaults.METHOD,
         encoder: EncoderSpec = EncoderSpec(),
         runtime: RunOptions = RunOptions(),
-        descriptions_format: str = "auto",
+        descriptions_format: str = defaults.DESCRIPTIONS_FORMAT,
         crops: bool | None = None,
         **config_overrides,
     ):
@@ -137,7 +138,7 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         """The method's :class:`~bifta_plugin.config.BiftaConfig`."""
         return self.classifier.config
 
-    def label_fields(self, label_field: str = "bifta"):
+    def label_fields(self, label_field: str = defaults.LABEL_FIELD):
         """The ``apply_model`` ``label_field`` that writes the contract's names.
 
         Returns:

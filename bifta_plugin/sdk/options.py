@@ -27,6 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..core import defaults
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,10 +54,10 @@ class EncoderSpec:
             other attributes are then ignored.
     """
 
-    model_name: str = "ViT-B-32"
-    pretrained: str | os.PathLike | None = "openai"
-    device: str = "auto"
-    precision: str = "auto"
+    model_name: str = defaults.MODEL_NAME
+    pretrained: str | os.PathLike | None = defaults.PRETRAINED
+    device: str = defaults.DEVICE
+    precision: str = defaults.PRECISION
     cache_dir: str | os.PathLike | bool | None = None
     model_config: str | os.PathLike | tuple | None = None
     instance: Any = None
@@ -99,9 +101,9 @@ class RunOptions:
             after writing the batch that holds it.
     """
 
-    batch_size: int = 16
+    batch_size: int = defaults.BATCH_SIZE
     num_workers: int | None = None
-    crop_mode: str = "auto"
+    crop_mode: str = defaults.CROP_MODE
     exif_transpose: bool = True
     jpeg_draft: bool = False
     skip_existing: bool = False
@@ -124,10 +126,10 @@ class OutputSpec:
             ``gt_field``.
     """
 
-    label_field: str = "bifta"
+    label_field: str = defaults.LABEL_FIELD
     run_key: str | None = None
-    max_class_fields: int = 100
-    top_k: int = 5
+    max_class_fields: int = defaults.MAX_CLASS_FIELDS
+    top_k: int = defaults.TOP_K
     gt_field: str | None = None
     eval_key: str | None = None
 

@@ -26,9 +26,12 @@ from fiftyone.core.odm.embedded_document import DynamicEmbeddedDocument
 
 from . import labels as bl
 from . import records as br
+from . import rules
 from .options import OutputSpec, RunOptions
+from ..core import defaults
 from ..core.classnames import validate_classes
 from ..core.config import BiftaConfig, get_config
+from ..core.methods import descriptions_needed_error
 from ..descriptions.files import DescriptionSet, load_descriptions
 from ..engine.pipeline import RuntimeOptions
 
@@ -190,11 +193,7 @@ def resolve_descriptions(
             )
         return None
     if descriptions is None:
-        raise ValueError(
-            f"method {config.method!r} needs class descriptions: pass "
-            "descriptions (a file path, a {class: [sentences]} mapping or a "
-            "DescriptionSet), or choose method 'clip' or 'ensemble'"
-        )
+        raise ValueError(descriptions_needed_error(config.method))
     if isinstance(descriptions, DescriptionSet):
         missing = [c for c in classes if not descriptions.descriptions.get(c)]
         if missing:
@@ -218,9 +217,9 @@ def make_plan(
     classes: Sequence[str] | None = None,
     descriptions=None,
     *,
-    method: str = "bifta",
+    method: str = defaults.METHOD,
     classes_field: str | None = None,
-    descriptions_format: str = "auto",
+    descriptions_format: str = defaults.DESCRIPTIONS_FORMAT,
     runtime: RunOptions = RunOptions(),
     output: OutputSpec = OutputSpec(),
     overwrite: bool = False,
@@ -282,12 +281,12 @@ def _resolve_output(samples, output: OutputSpec) -> OutputSpec:
     """``output`` checked, with ``run_key`` and ``eval_key`` filled in."""
     if not isinstance(output, OutputSpec):
         raise ValueError(f"output must be an OutputSpec; got {type(output).__name__}")
-    label_field = _check_field_name(output.label_field, "label_field")
+    label_field = rules.check_field_name(output.label_field, "label_field")
     run_key = output.run_key if output.run_key is not None else label_field
     _check_key(run_key, "run_key", "pass run_key=")
     eval_key = None
     if output.gt_field is not None:
-        _check_classification_field(samples, output.gt_field, "gt_field")
+        rules.check_classification_field(samples, output.gt_field, "gt_field")
         eval_key = output.eval_key or f"eval_{run_key}"
         _check_key(eval_key, "eval_key", "pass eval_key=")
     elif output.eval_key is not None:
@@ -334,17 +333,6 @@ def _check_int(value, name: str, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
-def _check_field_name(name, what: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{what} must be a non-empty string; got {name!r}")
-    if name.startswith("_") or "$" in name or "." in name or name != name.strip():
-        raise ValueError(
-            f"invalid {what} {name!r}: field names cannot start with '_', "
-            "contain '$' or '.', or have surrounding spaces"
-        )
-    return name
-
-
 def _check_key(key, what: str, hint: str) -> None:
     if not isinstance(key, str) or not key.isidentifier():
         raise ValueError(
@@ -353,22 +341,10 @@ def _check_key(key, what: str, hint: str) -> None:
         )
 
 
-def _check_classification_field(samples, name, what: str) -> None:
-    if not isinstance(name, str):
-        raise ValueError(f"{what} must be a field name; got {name!r}")
-    field_ = samples.get_field(name)
-    if field_ is None:
-        raise ValueError(f"{what} {name!r} does not exist in this collection")
-    if not (
-        isinstance(field_, fof.EmbeddedDocumentField)
-        and field_.document_type is fol.Classification
-    ):
-        raise ValueError(f"{what} {name!r} must be a Classification field; got {field_}")
-
-
 def resolve_classes(samples, classes=None, classes_field=None) -> list[str]:
     """The run's classes: ``classes`` checked, or the sorted distinct labels
-    of the Classification field ``classes_field`` in ``samples``.
+    of the Classification field ``classes_field`` over the whole dataset of
+    ``samples`` (:func:`~bifta_plugin.sdk.rules.field_classes`).
 
     Raises:
         ValueError: both or neither given, a bad field, no labels, bad names.
@@ -376,10 +352,7 @@ def resolve_classes(samples, classes=None, classes_field=None) -> list[str]:
     if classes is not None and classes_field is not None:
         raise ValueError("pass classes or classes_field, not both")
     if classes_field is not None:
-        _check_classification_field(samples, classes_field, "classes_field")
-        classes = samples.distinct(f"{classes_field}.label")
-        if not classes:
-            raise ValueError(f"classes_field {classes_field!r} has no labels in these samples")
+        classes = rules.field_classes(samples, classes_field)
     elif classes is None:
         raise ValueError(
             "pass classes (a list of class names) or classes_field (a "

@@ -50,6 +50,7 @@ from typing import Iterator, Sequence
 import fiftyone.core.utils as fou
 
 from . import writing as rw
+from ..core import defaults
 from ..core.progress import DONE, ProgressEvent
 from ..engine.pipeline import BiftaClassifier
 from .options import EncoderSpec, OutputSpec, RunOptions
@@ -64,9 +65,9 @@ def iter_bifta(
     classes: Sequence[str] | None = None,
     descriptions=None,
     *,
-    method: str = "bifta",
+    method: str = defaults.METHOD,
     classes_field: str | None = None,
-    descriptions_format: str = "auto",
+    descriptions_format: str = defaults.DESCRIPTIONS_FORMAT,
     encoder: EncoderSpec = EncoderSpec(),
     runtime: RunOptions = RunOptions(),
     output: OutputSpec = OutputSpec(),

@@ -7,13 +7,10 @@ dataset schema, the run list and small files, and never imports torch.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import fiftyone as fo
 import fiftyone.operators.types as types
 
 # re-exported for the forms: one way to list a few names in a message
@@ -25,10 +22,6 @@ ICON = "/assets/icon.svg"
 #: suffixes of the fields a run writes next to ``label_field`` (ARCHITECTURE.md)
 DERIVED_SUFFIXES = ("_crops", "_scores", "_topk", "_error")
 
-#: largest class-list file the form reads to validate it
-MAX_FORM_FILE_BYTES = 1_000_000
-
-_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -86,68 +79,9 @@ def path_input(
     )
 
 
-def read_list_file(path: str, what: str = "class list") -> list[str]:
-    """Read a small list of names: a JSON list, or a text file (one per line).
-
-    Blank lines and lines starting with ``#`` are skipped in text files.
-
-    Raises:
-        ValueError: missing, too big for the form, malformed or empty file.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{what} file not found: {path}")
-    if p.stat().st_size > MAX_FORM_FILE_BYTES:
-        raise ValueError(
-            f"{what} file {path} is larger than "
-            f"{MAX_FORM_FILE_BYTES // 1000} kB"
-        )
-    text = p.read_text(encoding="utf-8")
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, list) or not all(
-            isinstance(x, str) for x in data
-        ):
-            raise ValueError(f"{path} must hold a JSON list of strings")
-        names = [x.strip() for x in data]
-    else:
-        names = [line.strip() for line in text.splitlines()]
-        names = [n for n in names if not n.startswith("#")]
-    names = [n for n in names if n]
-    if not names:
-        raise ValueError(f"{what} file {path} is empty")
-    return names
-
-
 # ----------------------------------------------------------------------------
 # Fields
 # ----------------------------------------------------------------------------
-def get_label_fields(collection, label_types) -> list[str]:
-    """Paths of the fields of ``collection`` holding ``label_types`` labels
-    (embedded fields under list fields are skipped)."""
-    schema = collection.get_field_schema(flat=True)
-    list_roots = tuple(
-        path + "."
-        for path, field in schema.items()
-        if isinstance(field, fo.ListField)
-    )
-    return sorted(
-        path
-        for path, field in schema.items()
-        if isinstance(field, fo.EmbeddedDocumentField)
-        and issubclass(field.document_type, label_types)
-        and not path.startswith(list_roots)
-    )
-
-
-def classification_fields(collection) -> list[str]:
-    """The ``fo.Classification`` fields of ``collection``."""
-    return get_label_fields(collection, fo.Classification)
-
-
 def field_dropdown(
     inputs: types.Object,
     name: str,
@@ -174,18 +108,6 @@ def field_dropdown(
     )
 
 
-def field_name_error(name: Any) -> str | None:
-    """Why ``name`` cannot be a new top-level field, or None if it can."""
-    if not isinstance(name, str) or not name:
-        return "Enter a field name"
-    if not _FIELD_NAME.fullmatch(name):
-        return (
-            f"'{name}' is not a valid field name: use letters, digits and "
-            "underscores, starting with a letter"
-        )
-    return None
-
-
 def device_error(device: Any) -> str | None:
     """Why ``device`` is not a device string, or None (no torch import)."""
     if device is None or (
@@ -193,13 +115,6 @@ def device_error(device: Any) -> str | None:
     ):
         return None
     return f"'{device}' is not a device: use auto, cpu, cuda, cuda:N or mps"
-
-
-def distinct_labels(collection, field: str) -> list[str]:
-    """The distinct labels of a Classification field (one aggregation)."""
-    return sorted(
-        x for x in collection.distinct(f"{field}.label") if x is not None
-    )
 
 
 def bifta_label_fields(dataset) -> dict[str, str]:

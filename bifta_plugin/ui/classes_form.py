@@ -9,13 +9,18 @@ import re
 
 import fiftyone.operators.types as types
 
+from ..descriptions.files import load_classes
+from ..sdk import rules
 from . import _common as ui
 
 CLASSES_SOURCES = {
     "list": "Type the classes",
-    "file": "Classes file (.txt one per line, or a JSON list)",
+    "file": "Classes file (.txt one per line, or a JSON/YAML list)",
     "field": "Labels of an existing Classification field",
 }
+
+#: largest class-list file the form reads (it reads it on every change)
+MAX_FORM_FILE_BYTES = 1_000_000
 
 
 def classes_inputs(ctx, inputs) -> list[str] | None:
@@ -76,14 +81,14 @@ def _classes_file_inputs(ctx, inputs) -> list[str] | None:
         inputs,
         "classes_path",
         label="Classes file",
-        description="A .txt file (one class per line) or a JSON list",
+        description="A .txt file (one class per line) or a JSON/YAML list",
         required=True,
     )
     path = ui.parse_path(ctx.params.get("classes_path"))
     if path is None:
         return None
     try:
-        classes = ui.read_list_file(path)
+        classes = load_classes(path, max_bytes=MAX_FORM_FILE_BYTES)
     except (ValueError, OSError) as e:
         ui.set_invalid(prop, str(e))
         return None
@@ -96,13 +101,14 @@ def _classes_file_inputs(ctx, inputs) -> list[str] | None:
 
 
 def _classes_field_inputs(ctx, inputs) -> list[str] | None:
-    fields = ui.classification_fields(ctx.dataset)
+    fields = rules.classification_fields(ctx.dataset)
     prop = ui.field_dropdown(
         inputs,
         "classes_field",
         fields,
         label="Classes field",
-        description="Classify into the labels that occur in this field",
+        description="Classify into the labels this field has anywhere in "
+        "the dataset",
         required=True,
     )
     if prop is None:
@@ -117,9 +123,10 @@ def _classes_field_inputs(ctx, inputs) -> list[str] | None:
     field = ctx.params.get("classes_field")
     if field not in fields:
         return None
-    classes = ui.distinct_labels(ctx.dataset, field)
-    if not classes:
-        ui.set_invalid(prop, f"Field '{field}' has no labels")
+    try:
+        classes = rules.field_classes(ctx.dataset, field)
+    except ValueError as e:
+        ui.set_invalid(prop, str(e))
         return None
     ui.notice(
         inputs,
@@ -143,7 +150,7 @@ def classes_kwargs(params: dict) -> dict:
         path = ui.parse_path(params.get("classes_path"))
         if path is None:
             raise ValueError("classes_source is 'file' but no classes_path")
-        return {"classes": ui.read_list_file(path)}
+        return {"classes": load_classes(path, max_bytes=MAX_FORM_FILE_BYTES)}
     classes = split_classes(params.get("classes"))
     if not classes:
         raise ValueError("no classes given")
@@ -165,7 +172,8 @@ def split_classes(value) -> list[str]:
 
 def resolve_classes(collection, params: dict) -> list[str]:
     """The class names the params select, exactly as ``run_bifta`` resolves
-    them (a field's distinct labels in ``collection``, sorted).
+    them (a field's distinct labels over the dataset, sorted:
+    :func:`~bifta_plugin.sdk.rules.field_classes`).
 
     Raises:
         ValueError: no classes, an unreadable file, a field without labels.
@@ -173,19 +181,7 @@ def resolve_classes(collection, params: dict) -> list[str]:
     kwargs = classes_kwargs(params)
     if "classes_field" not in kwargs:
         return kwargs["classes"]
-    return field_classes(collection, kwargs["classes_field"])
-
-
-def field_classes(collection, field: str) -> list[str]:
-    """The sorted distinct labels of a Classification field.
-
-    Raises:
-        ValueError: the field has no labels in ``collection``.
-    """
-    classes = ui.distinct_labels(collection, field)
-    if not classes:
-        raise ValueError(f"field '{field}' has no labels")
-    return classes
+    return rules.field_classes(collection, kwargs["classes_field"])
 
 
 def classes_source(classes, classes_path, classes_field) -> str:

@@ -19,11 +19,13 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from ..core import defaults
 from ..sdk.options import EncoderSpec, OutputSpec, RunOptions, flatten_options
 from . import _common as ui
 from . import run_execution
 from .classes_form import classes_source
-from .run_form import CONFIG_OVERRIDES, run_bifta_inputs
+from .params import CONFIG_OPTIONS
+from .run_form import run_bifta_inputs
 
 ICON = ui.ICON
 
@@ -67,8 +69,8 @@ class RunBifta(foo.Operator):
         )
 
     def resolve_run_name(self, ctx):
-        method = ctx.params.get("method") or "bifta"
-        label_field = ctx.params.get("label_field") or "bifta"
+        method = ctx.params.get("method") or defaults.METHOD
+        label_field = ctx.params.get("label_field") or defaults.LABEL_FIELD
         return f"BiFTA ({method}) -> {label_field}"
 
     def execute(self, ctx):
@@ -82,14 +84,14 @@ class RunBifta(foo.Operator):
         sample_collection,
         classes=None,
         descriptions_path=None,
-        method="bifta",
+        method=defaults.METHOD,
         *,
         encoder: EncoderSpec = EncoderSpec(),
         runtime: RunOptions = RunOptions(),
         output: OutputSpec = OutputSpec(),
         classes_path=None,
         classes_field=None,
-        descriptions_format="auto",
+        descriptions_format=defaults.DESCRIPTIONS_FORMAT,
         overwrite=False,
         generate_missing=False,
         llm_base_url=None,
@@ -130,16 +132,17 @@ class RunBifta(foo.Operator):
             sample_collection: a dataset or view to classify.
             classes: class names (list, or a comma-separated string); or use
                 ``classes_path`` / ``classes_field``.
-            descriptions_path: a descriptions file (JSON/YAML/txt). Without
-                one, the description methods fall back to "ensemble" (noted
-                in the result's ``fallback``).
+            descriptions_path: a descriptions file (JSON/YAML/txt); the
+                description methods refuse to run without one.
             method: "bifta", "wca", "descriptions", "ensemble" or "clip".
             encoder, runtime, output: the option groups
                 (:mod:`bifta_plugin.sdk.options`), as for ``run_bifta``;
                 the run happens in another context, so ``encoder`` cannot
                 carry an ``instance``, ``cache_dir`` or ``model_config``.
-            classes_path: a class list file (txt, one per line, or JSON list).
-            classes_field: use the labels of this Classification field.
+            classes_path: a class list file (txt, one per line, or a JSON or
+                YAML list).
+            classes_field: use the labels of this Classification field
+                (over the whole dataset, as the SDK).
             descriptions_format: "auto", "cupl", "dclip" or "templates".
             overwrite: see ``run_bifta``.
             generate_missing: first ask an OpenAI-compatible LLM for
@@ -156,14 +159,15 @@ class RunBifta(foo.Operator):
             delegation_target: an optional orchestrator.
             **config_overrides: method settings such as ``num_candidates``,
                 ``max_views``, ``iou_threshold``, ``desc_sim_threshold``,
-                ``max_descriptions``, ``seed``.
+                ``max_descriptions``, ``seed``; one the method does not read
+                is refused.
 
         Returns:
             a ``fiftyone.operators.executor.ExecutionResult``: ``.result``
             is the run summary dict when run immediately, or the queued
             operation (``.result["id"]``) when delegated.
         """
-        unknown = sorted(set(config_overrides) - set(CONFIG_OVERRIDES))
+        unknown = sorted(set(config_overrides) - set(CONFIG_OPTIONS))
         if unknown:
             raise TypeError(f"unknown parameter(s) {unknown}")
         params = dict(

@@ -34,7 +34,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 import fiftyone.server.view as fosv
 
-from ..sdk import analysis
+from ..sdk import analysis, rules
 from ..sdk.accept import accept_labels
 from ..sdk.records import RunRecords
 
@@ -151,7 +151,7 @@ class MispredictionsPanel(foo.Panel):
         the records once and other events not at all).
         """
         state, dataset = ctx.panel.state, ctx.dataset
-        fields = analysis.classification_fields(dataset)
+        fields = rules.classification_fields(dataset)
         pred, gt = state.get(PRED), state.get(GT)
         records = None
         if pred not in fields:
@@ -464,7 +464,7 @@ class MispredictionsPanel(foo.Panel):
         )
 
     def _render_fields(self, ctx, panel):
-        fields = analysis.classification_fields(ctx.dataset)
+        fields = rules.classification_fields(ctx.dataset)
         state = ctx.panel.state
         pred = state.get(PRED)
         row = panel.h_stack("fields", gap=2, align_y="center")
@@ -723,7 +723,7 @@ class ExplanationPanel(foo.Panel):
         the result in the panel state, where sample changes read it."""
         dataset = ctx.dataset
         pred = ctx.panel.state.pred_field
-        if pred not in analysis.classification_fields(dataset):
+        if pred not in rules.classification_fields(dataset):
             pred = None
         fields = analysis.resolve_prediction_fields(
             dataset, pred, records=RunRecords.load(dataset)
@@ -838,7 +838,7 @@ class ExplanationPanel(foo.Panel):
     def render(self, ctx):
         panel = types.Object()
         state = ctx.panel.state
-        fields = analysis.classification_fields(ctx.dataset)
+        fields = rules.classification_fields(ctx.dataset)
         choices = types.DropdownView(label="Predictions")
         for f in fields:
             choices.add_choice(f, label=f)

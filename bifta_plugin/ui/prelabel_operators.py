@@ -10,6 +10,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from ..sdk import rules
 from . import _common as ui
 
 ICON = ui.ICON
@@ -29,7 +30,7 @@ def _config(name, label, description):
 
 
 def _pred_field_input(ctx, inputs, name="pred_field", label="Prediction field"):
-    fields = ui.classification_fields(ctx.dataset)
+    fields = rules.classification_fields(ctx.dataset)
     prop = ui.field_dropdown(
         inputs, name, fields, label=label, required=True,
         description="A fo.Classification field with confidences (a BiFTA run's label field)",
@@ -319,7 +320,7 @@ def _run_classes(dataset, pred_field: str) -> list:
     keys = records.bifta_runs_for_field(dataset, pred_field)
     if keys:
         return list(records.get_bifta_run_info(dataset, keys[-1])["classes"])
-    return ui.distinct_labels(dataset, pred_field)
+    return rules.distinct_labels(dataset, pred_field)
 
 
 # ============================================================================

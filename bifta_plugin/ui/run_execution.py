@@ -19,19 +19,16 @@ from typing import Any, Iterator
 
 import fiftyone.operators.types as types
 
-from ..core import config as bifta_config
+from ..core import defaults
+from ..core.methods import descriptions_needed_error, get_method
 from ..core.progress import ProgressEvent
+from ..sdk.rules import field_classes
 from . import _common as ui
 from . import llm
-from .classes_form import classes_kwargs, field_classes
+from .classes_form import classes_kwargs
+from .params import sdk_kwargs
 from .progress import progress_params, report_to_ctx, throttled
-from .run_form import (
-    CONFIG_OVERRIDES,
-    FALLBACK_METHOD,
-    LLM_PREFIX,
-    PASSTHROUGH,
-    fallback_note,
-)
+from .run_form import LLM_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -60,53 +57,37 @@ class RunRequest:
     Attributes:
         kwargs: ``iter_bifta`` settings, flat (except samples); grouped by
             :func:`~bifta_plugin.sdk.options.split_options` at the call.
-        method_requested: the method the user asked for.
-        fallback: why another method ran, or None.
         generate: descriptions to generate first, or None.
     """
 
     kwargs: dict
-    method_requested: str
-    fallback: str | None = None
     generate: GenerationStep | None = None
 
 
 def build_run_request(params: dict) -> RunRequest:
-    """Turn operator params into ``run_bifta`` keywords (same names).
+    """Turn operator params into ``run_bifta`` keywords (same names, read
+    through :data:`.params.RUN_PARAMS`).
 
     Raises:
-        ValueError: no classes, an unreadable classes file, or a
-            ``generate_missing`` request without a ``.json`` file to write.
+        ValueError: no classes, an unreadable classes file, a description
+            method without a descriptions file (no other method runs
+            instead), or a ``generate_missing`` request without a ``.json``
+            file to write.
     """
-    method = params.get("method") or "bifta"
-    kwargs = {
-        name: params[name]
-        for name in PASSTHROUGH
-        if params.get(name) is not None and params.get(name) != ""
-    }
+    method = params.get("method") or defaults.METHOD
+    kwargs = sdk_kwargs(params)
     kwargs.update(classes_kwargs(params))
+    kwargs["method"] = method
     path = ui.parse_path(params.get("descriptions_path"))
-    uses_descriptions = method in bifta_config.DESCRIPTION_METHODS
+    uses_descriptions = get_method(method).uses_descriptions
     generate = None
     if uses_descriptions and params.get("generate_missing"):
         generate = _generation_step(params, path)
-    fallback = None
-    if uses_descriptions and path is None:
-        fallback = fallback_note(method)
-        kwargs["method"] = FALLBACK_METHOD
-    else:
-        kwargs["method"] = method
-        if path is not None and uses_descriptions:
-            kwargs["descriptions"] = path
-    for name in CONFIG_OVERRIDES:  # any method accepts any config field
-        value = params.get(name)
-        if value is not None and value != "":
-            kwargs[name] = value
-    if kwargs.get("pretrained") in ("none", "None", "random"):
-        kwargs["pretrained"] = None
-    return RunRequest(
-        kwargs, method_requested=method, fallback=fallback, generate=generate
-    )
+    if uses_descriptions:
+        if path is None:
+            raise ValueError(descriptions_needed_error(method))
+        kwargs["descriptions"] = path
+    return RunRequest(kwargs, generate=generate)
 
 
 def _generation_step(params: dict, path: str | None) -> GenerationStep:
@@ -125,17 +106,15 @@ def _generation_step(params: dict, path: str | None) -> GenerationStep:
 
 
 def resolve_field_classes(request: RunRequest, dataset) -> None:
-    """Replace ``classes_field`` by the field's labels over the whole dataset.
-
-    The form lists the classes of the dataset, and a run on a few selected
-    samples must still choose among all of them (the SDK's ``classes_field``
-    looks only at the samples it is given).
+    """Replace ``classes_field`` by the field's labels over the whole dataset
+    (:func:`~bifta_plugin.sdk.rules.field_classes`, as the SDK resolves
+    it), so that generation before the run sees the same classes.
 
     Raises:
         ValueError: the field has no labels.
     """
     field = request.kwargs.pop("classes_field", None)
-    if field is not None:
+    if field is not None:  # the SDK's rule: the whole dataset's labels
         request.kwargs["classes"] = field_classes(dataset, field)
 
 
@@ -197,8 +176,6 @@ def _generation_events(request: RunRequest, secrets=None) -> Iterator[ProgressEv
 
 def _output(result, request: RunRequest) -> dict:
     out = dict(result.to_dict())
-    out["method_requested"] = request.method_requested
-    out["fallback"] = request.fallback
     out["summary"] = result.summary()
     return jsonable(out)
 
@@ -248,11 +225,9 @@ def summary_outputs(results: dict) -> types.Property:
 def summary_markdown(results: dict) -> str:
     """A short markdown report of a run's results dict."""
     lines = []
-    if results.get("fallback"):
-        lines.append(f"> **Note:** {results['fallback']}\n")
     if results.get("generation"):
         lines.append(llm.generation_markdown(results["generation"]) + "\n")
-    label_field = results.get("label_field", "bifta")
+    label_field = results.get("label_field", defaults.LABEL_FIELD)
     lines.append(f"**Method:** `{results.get('method')}` -> `{label_field}`")
     for key, label in (
         ("num_samples", "Samples"),
