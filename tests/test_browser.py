@@ -425,7 +425,7 @@ def test_run_form_generates_missing_descriptions_then_runs(
     page.get_by_text("BiFTA: zero-shot classify").first.click()
 
     page.get_by_text("Labels of an existing Classification field").first.click()
-    field = page.get_by_text("Classify into the labels that occur in this field")
+    field = page.get_by_text("Classify into the labels this field has anywhere in")
     field.first.locator("xpath=following::*[@role='combobox'][1]").click()
     page.get_by_role("option", name="ground_truth").first.click()
     page.get_by_text("4 classes: cat, dog, fox, owl").first.wait_for()
