@@ -14,6 +14,7 @@ from bifta_plugin.sdk import run as api, records as runs
 from bifta_plugin.core.methods import get_method
 from bifta_plugin.sdk.labels import safe_field_names
 from bifta_plugin.sdk.options import split_options
+from bifta_plugin.sdk.results import SampleFailedError
 
 CLASSES = ["cat", "astronaut", "coffee"]
 DESCRIPTIONS = {
@@ -183,7 +184,7 @@ def test_corrupt_image_is_recorded_and_skipped(fo_dataset, photos, corrupt_image
 
 def test_skip_failures_false_raises_after_saving(fo_dataset, photos, corrupt_image, encoder):
     ds = fo_dataset([photos[0], (corrupt_image, "cat"), photos[1]])
-    with pytest.raises(api.SampleFailedError) as info:
+    with pytest.raises(SampleFailedError) as info:
         _run(ds, encoder, batch_size=1, skip_failures=False)
     assert info.value.filepath == corrupt_image
     assert [x is not None for x in ds.values("bifta")] == [True, False, False]

@@ -16,7 +16,8 @@ import torch
 from bifta_plugin.core import boxes as box_ops
 from bifta_plugin.core import scoring
 from bifta_plugin.core.config import get_config
-from bifta_plugin.core.text import build_text_side, dclip_sentence, refine_descriptions
+from bifta_plugin.core.classnames import dclip_sentence
+from bifta_plugin.core.text import build_text_side, refine_descriptions
 
 FIXTURES = Path(__file__).parent / "conformance"
 VEC_TOL = 1e-5

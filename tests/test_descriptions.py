@@ -17,7 +17,7 @@ from bifta_plugin.descriptions.files import (
     save_descriptions,
     sidecar_path,
 )
-from bifta_plugin.core.text import dclip_sentence
+from bifta_plugin.core.classnames import dclip_sentence
 
 SHARED = Path("/work/shared/descriptions")
 

@@ -20,13 +20,11 @@ import pytest
 from bifta_plugin.descriptions.files import load_descriptions, save_descriptions, sidecar_path
 from bifta_plugin.descriptions.generation import (
     DEFAULT_PROMPTS,
-    AuthenticationError,
-    GenerationError,
     clean_reply,
     fill_prompt,
     generate_descriptions,
-    resolve_endpoint,
 )
+from bifta_plugin.descriptions.llm_client import AuthenticationError, GenerationError, resolve_endpoint
 
 PROMPTS = ["Describe what a {} looks like.", "How can you identify a {}?"]
 
@@ -79,11 +77,24 @@ class FakeLLM:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             action = self.script.pop(0) if self.script else None
+        # A request stops counting as in flight just before its reply is
+        # written: a client that got its reply may send the next request
+        # before this thread would otherwise reach the decrement.
+        finished = False
+
+        def done():
+            nonlocal finished
+            if not finished:
+                finished = True
+                with self.lock:
+                    self.in_flight -= 1
+
         try:
             if action is None and self.fail_when is not None:
                 action = self.fail_when(payload)
             if action is not None:
                 time.sleep(action.get("delay", 0.0))
+                done()
                 if action.get("status", 200) == 200 and "body" not in action:
                     self._ok(handler, payload)
                 else:
@@ -95,12 +106,12 @@ class FakeLLM:
                     )
                 return
             time.sleep(self.delay)
+            done()
             self._ok(handler, payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
         finally:
-            with self.lock:
-                self.in_flight -= 1
+            done()
 
     def _ok(self, handler, payload):
         n = payload.get("n", 1) if self.honour_n else 1

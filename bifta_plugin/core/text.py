@@ -32,7 +32,7 @@ from torch import Tensor
 from . import scoring
 from .boxes import greedy_filter
 # re-exported: the torch-free name rules live in classnames
-from .classnames import dclip_sentence, validate_classes, wordify  # noqa: F401
+from .classnames import wordify
 from .config import BiftaConfig
 from .methods import descriptions_needed_error
 

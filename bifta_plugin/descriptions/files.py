@@ -12,7 +12,7 @@ Formats (``docs/METHOD.md`` §5.1, §5.4, §5.5):
   verbatim (WCA / CuPL files, and what :mod:`.generation` writes);
 - ``"dclip"``: the same shape, but the values are short descriptors
   ("has webbed feet") turned into sentences with DCLIP's rule
-  (:func:`bifta_plugin.text.dclip_sentence`);
+  (:func:`bifta_plugin.core.classnames.dclip_sentence`);
 - ``"templates"``: a list of templates with one ``"{}"`` each (CLIP-E style);
   every class gets every template filled with its name;
 - ``"auto"``: a list means templates, an object means cupl. DCLIP files have

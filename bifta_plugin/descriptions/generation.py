@@ -48,17 +48,10 @@ from .files import (
     sidecar_path,
     write_json_atomic,
 )
-from .llm_client import (  # noqa: F401 (re-exported: the public names of generation)
-    API_KEY_VARS,
-    BASE_URL_VARS,
-    DEFAULT_BASE_URL,
-    DEFAULT_MODEL,
-    MODEL_VARS,
+from .llm_client import (
     DEFAULT_MAX_TOKENS,
-    AuthenticationError,
     ChatEndpoint,
     GenerationError,
-    endpoint_secrets,
     resolve_endpoint,
 )
 

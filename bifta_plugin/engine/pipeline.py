@@ -38,7 +38,8 @@ from ..core import boxes as box_ops
 from ..core import crops, scoring
 from ..core.config import BiftaConfig, get_config
 from ..core.defaults import CROP_MODES
-from ..core.text import TextSide, build_text_side, validate_classes
+from ..core.classnames import validate_classes
+from ..core.text import TextSide, build_text_side
 from . import decode
 from . import workers as worker_life
 

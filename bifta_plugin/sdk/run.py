@@ -55,7 +55,7 @@ from ..core.progress import DONE, ProgressEvent
 from ..engine.pipeline import BiftaClassifier
 from .options import EncoderSpec, OutputSpec, RunOptions
 from .plan import RunPlan, make_plan, run_identity_conflict
-from .results import DatabaseUnavailableError, RunResult, SampleFailedError  # noqa: F401 (public)
+from .results import DatabaseUnavailableError, RunResult
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import Any, Iterable, Mapping
 import fiftyone.operators.types as types
 
 # re-exported for the forms: one way to list a few names in a message
-from ..core.classnames import preview  # noqa: F401
 
 #: the plugin icon (fiftyone.yml folder relative)
 ICON = "/assets/icon.svg"

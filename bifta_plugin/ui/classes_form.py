@@ -11,6 +11,7 @@ import fiftyone.operators.types as types
 
 from ..descriptions.files import load_classes
 from ..sdk import rules
+from ..core.classnames import preview
 from . import _common as ui
 
 CLASSES_SOURCES = {
@@ -70,7 +71,7 @@ def _classes_list_inputs(ctx, inputs) -> list[str] | None:
         ui.notice(
             inputs,
             "classes_list_info",
-            f"{len(classes)} classes: {ui.preview(classes)}",
+            f"{len(classes)} classes: {preview(classes)}",
         )
     return classes or None
 
@@ -95,7 +96,7 @@ def _classes_file_inputs(ctx, inputs) -> list[str] | None:
     ui.notice(
         inputs,
         "classes_path_info",
-        f"{len(classes)} classes: {ui.preview(classes)}",
+        f"{len(classes)} classes: {preview(classes)}",
     )
     return classes
 
@@ -131,7 +132,7 @@ def _classes_field_inputs(ctx, inputs) -> list[str] | None:
     ui.notice(
         inputs,
         "classes_field_info",
-        f"{len(classes)} classes: {ui.preview(classes)}",
+        f"{len(classes)} classes: {preview(classes)}",
     )
     return classes
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import urllib.parse
 
 
+from ..core.classnames import preview
 from . import _common as ui
 
 DEFAULT_SAMPLES_PER_PROMPT = 10
@@ -171,7 +172,7 @@ def plan_inputs(
         inputs,
         "generation_plan",
         f"{len(todo)} of {len(classes)} classes will be generated"
-        f"{' ' + when if when else ''} ({ui.preview(todo)}) with {endpoint}",
+        f"{' ' + when if when else ''} ({preview(todo)}) with {endpoint}",
     )
     if problem:
         ui.set_invalid(inputs.get_property(prefix + "base_url"), problem)
@@ -222,8 +223,8 @@ def generation_markdown(results: dict) -> str:
     if missing:
         lines.append(
             f"- **Missing:** {len(missing)} classes got no usable sentence: "
-            f"{ui.preview(missing)} (re-run to retry them)"
+            f"{preview(missing)} (re-run to retry them)"
         )
     if generated:
-        lines.append(f"- Generated: {ui.preview(generated)}")
+        lines.append(f"- Generated: {preview(generated)}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import fiftyone.operators.types as types
 
 from ..core import config as bifta_config
 from ..core import defaults
+from ..core.classnames import preview
 from ..core.methods import METHODS, descriptions_needed_error, get_method
 from ..sdk import rules
 from . import _common as ui
@@ -125,7 +126,7 @@ def _coverage_inputs(ctx, inputs, prop, path: str, classes) -> bool:
         ui.set_invalid(
             prop,
             f"{len(missing)} of {len(classes)} classes have no descriptions "
-            f"in this file: {ui.preview(missing)}. Tick 'Generate missing "
+            f"in this file: {preview(missing)}. Tick 'Generate missing "
             "descriptions' or choose another file",
         )
         return False
