@@ -1,9 +1,11 @@
 """BiFTA / WCA zero-shot classification with CLIP, for FiftyOne.
 
-The core (config, boxes, scoring, text, views, pipeline, encoders) imports
-torch but never FiftyOne; the FiftyOne layer is imported lazily.
-``import bifta_plugin`` imports neither: the names below resolve on first
-use (PEP 562), e.g. ``bifta_plugin.run_bifta`` imports :mod:`.sdk.run`.
+Layers (see docs/ARCHITECTURE.md): ``core`` (pure math and config),
+``engine`` (open_clip glue and the pipeline: torch, never FiftyOne),
+``descriptions`` (files and LLM generation: torch-free), ``sdk`` (the
+FiftyOne layer), ``cli`` and ``ui``. ``import bifta_plugin`` imports none of
+torch, open_clip or FiftyOne: the names below resolve on first use
+(PEP 562), e.g. ``bifta_plugin.run_bifta`` imports :mod:`.sdk.run`.
 """
 
 import importlib
@@ -13,6 +15,15 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _LAZY = {
     "run_bifta": "sdk.run",
+    "iter_bifta": "sdk.run",
+    "make_plan": "sdk.plan",
+    "EncoderSpec": "sdk.options",
+    "RunOptions": "sdk.options",
+    "OutputSpec": "sdk.options",
+    "calibrate": "sdk.calibration",
+    "prelabel": "sdk.prelabel",
+    "plan_prelabel": "sdk.prelabel",
+    "accept_labels": "sdk.accept",
     "RunResult": "sdk.results",
     "SampleFailedError": "sdk.results",
     "resolve_descriptions": "sdk.plan",
