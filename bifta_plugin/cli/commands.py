@@ -13,6 +13,7 @@ Examples::
     python -m bifta_plugin demo
 
     python -m bifta_plugin runs --dataset my-ds
+    python -m bifta_plugin requeue --dataset my-ds bifta   # a sharded run's dead shards
     python -m bifta_plugin delete-run --dataset my-ds bifta
 
     # class descriptions from an LLM (API key from BIFTA_LLM_API_KEY only)
@@ -142,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("run_key")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "requeue",
+        help="queue again the unfinished shards (stale, failed) of a sharded run",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("run_key")
+    p.set_defaults(func=cmd_requeue)
 
     p = sub.add_parser(
         "delete-run", help="delete a BiFTA run and the fields it wrote"
@@ -292,6 +301,17 @@ def _add_run_args(p) -> None:
         "--overwrite",
         action="store_true",
         help="replace an existing run/fields of that name",
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the run's lease from the process running it (it stops)",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="I/K",
+        help="run only shard I of the target split into K (e.g. a Slurm array task)",
     )
     _add_model_args(p)
     _add_runtime_args(p)
@@ -503,6 +523,8 @@ def _run_kwargs(args) -> dict:
             exif_transpose=args.exif_transpose,
             jpeg_draft=args.jpeg_draft,
             skip_existing=args.skip_existing,
+            shard=args.shard,
+            take_over=args.take_over,
         ),
         output=OutputSpec(
             label_field=args.label_field,
@@ -630,13 +652,38 @@ def cmd_runs(args) -> int:
                 str(info.get("method")),
                 str(info.get("label_field")),
                 f"{info.get('model_name')} ({info.get('pretrained') or 'random'})",
-                str(info.get("status")),
+                "stale" if info.get("stale") else str(info.get("status")),
                 "-" if accuracy is None else f"{accuracy:.3f}",
                 str(info.get("timestamp", ""))[:19],
             )
         )
     _print_table(rows)
     return 0
+
+
+def cmd_requeue(args) -> int:
+    """Queue again the shards of a sharded run that are neither completed
+    nor live; they resume with skip_existing."""
+    from ..sdk.shards import requeue_unfinished
+
+    dataset = _load_dataset(args.dataset)
+    requeued = requeue_unfinished(dataset, args.run_key)
+    if not requeued:
+        print(f"run {args.run_key!r}: no shard to requeue (all completed or running)")
+        return 0
+    print(
+        f"run {args.run_key!r}: requeued shard(s) {requeued}; a `fiftyone delegated "
+        "launch` worker runs them"
+    )
+    return 0
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    try:
+        index, num_shards = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/K, e.g. 0/4; got {text!r}")
+    return index, num_shards
 
 
 def cmd_info(args) -> int:

@@ -99,6 +99,13 @@ class RunOptions:
         skip_failures: record a failing image in ``L_error`` and go on;
             False raises :class:`~bifta_plugin.sdk.results.SampleFailedError`
             after writing the batch that holds it.
+        shard: ``(index, num_shards)``: process only shard ``index`` of
+            the target split into ``num_shards`` (see
+            :mod:`~bifta_plugin.sdk.shards`), e.g. one Slurm array task per
+            shard; None runs the whole target.
+        take_over: take the run's (or shard's) lease even from a live
+            process, which stops at its next batch (see
+            :mod:`~bifta_plugin.sdk.lease`).
     """
 
     batch_size: int = defaults.BATCH_SIZE
@@ -108,6 +115,8 @@ class RunOptions:
     jpeg_draft: bool = False
     skip_existing: bool = False
     skip_failures: bool = True
+    shard: tuple | None = None
+    take_over: bool = False
 
 
 @dataclass(frozen=True)

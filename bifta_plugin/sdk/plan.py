@@ -29,6 +29,7 @@ from . import records as br
 from . import rules
 from .options import OutputSpec, RunOptions
 from ..core import defaults
+from .shards import check_shard
 from ..core.classnames import validate_classes
 from ..core.config import BiftaConfig, get_config
 from ..core.methods import descriptions_needed_error
@@ -268,7 +269,8 @@ def make_plan(
 def _check_runtime(runtime: RunOptions) -> RuntimeOptions:
     if not isinstance(runtime, RunOptions):
         raise ValueError(f"runtime must be a RunOptions; got {type(runtime).__name__}")
-    for name in ("skip_existing", "skip_failures", "exif_transpose", "jpeg_draft"):
+    check_shard(runtime.shard)
+    for name in ("skip_existing", "skip_failures", "exif_transpose", "jpeg_draft", "take_over"):
         if not isinstance(getattr(runtime, name), bool):
             raise ValueError(f"{name} must be True or False; got {getattr(runtime, name)!r}")
     return RuntimeOptions(

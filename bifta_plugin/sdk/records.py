@@ -45,6 +45,7 @@ import json
 import logging
 from typing import Any
 
+from . import lease as bls
 from ..core.config import BiftaConfig, config_from_dict
 
 logger = logging.getLogger(__name__)
@@ -79,12 +80,13 @@ class RunRecords:
         """Reads the BiFTA run records of ``samples`` (runs of other tools
         and unreadable runs are skipped)."""
         stamped = []
+        states = bls.load_states(samples._root_dataset)
         for key in samples.list_runs():
             info = _load_info(samples, key)
             if info is None or not _is_bifta_config(info.config):
                 continue
             stamp = str(getattr(info.config, "timestamp", "") or "")
-            stamped.append((stamp, key, _info_dict(key, info)))
+            stamped.append((stamp, key, _info_dict(key, info, states.get(key))))
         stamped.sort(key=lambda item: item[:2])
         return cls(tuple((key, d) for _, key, d in stamped))
 
@@ -154,7 +156,11 @@ def get_bifta_run_info(samples, run_key: str) -> dict:
 
     The dict holds the config parameters listed in the module docstring,
     plus ``key``, ``type`` ("bifta"), ``registered_at`` (ISO 8601 UTC, when
-    FiftyOne registered it) and ``fiftyone_version``.
+    FiftyOne registered it), ``fiftyone_version``, and from the run's lease
+    state (:mod:`.lease`): ``stale`` (a process working on it died: its
+    heartbeat stopped), ``lease`` (owner, since, heartbeat, status of a
+    whole run) or ``shards`` (per-shard status, owner, progress and counts
+    of a sharded run), None for runs recorded without one.
 
     Raises:
         ValueError: ``run_key`` is not a BiFTA run of the collection.
@@ -162,7 +168,7 @@ def get_bifta_run_info(samples, run_key: str) -> dict:
     info = _load_info(samples, run_key) if samples.has_run(run_key) else None
     if info is None or not _is_bifta_config(info.config):
         raise _not_a_run(run_key, list_bifta_runs(samples))
-    return _info_dict(run_key, info)
+    return _info_dict(run_key, info, bls.load_state(samples._root_dataset, run_key))
 
 
 def score_field(samples_or_info, run_key: str | None, class_name: str) -> str:
@@ -237,14 +243,33 @@ def register_bifta_run(
 
 
 def update_bifta_run(samples, run_key: str, **updates) -> None:
-    """Update config parameters of a registered BiFTA run (e.g. ``status``)."""
-    get_bifta_run_info(samples, run_key)  # raises for other runs
-    info = samples.get_run_info(run_key)
-    params = _plain(info.config.serialize())
-    for name in ("cls", "type"):
-        params.pop(name, None)
-    params.update(_plain(updates))
-    samples.update_run_config(run_key, samples.init_run(**params))
+    """Update config parameters of a registered BiFTA run (e.g. ``status``).
+
+    One atomic ``$set`` of those parameters on the run's document, found
+    through the dataset's current reference (read from the database, not
+    from this process's cache): another process re-registering the run, or
+    updating other parameters, never makes it fail or lose a write.
+
+    Raises:
+        ValueError: ``run_key`` is not a BiFTA run of the collection.
+    """
+    import fiftyone.core.odm.database as food
+
+    dataset = samples._root_dataset
+    db = food.get_db_conn()
+    doc = db.datasets.find_one({"_id": dataset._doc.id}, {f"runs.{run_key}": 1}) or {}
+    run_id = (doc.get("runs") or {}).get(run_key)
+    sets = {f"config.{name}": value for name, value in _plain(updates).items()}
+    found = run_id is not None and db.runs.update_one(
+        {"_id": run_id, "config.run_type": RUN_TYPE}, {"$set": sets}
+    ).matched_count
+    if not found:
+        raise _not_a_run(run_key, list_bifta_runs(samples))
+    cached = dataset._doc.runs.get(run_key)
+    if cached is not None and getattr(cached, "id", None) == run_id:
+        cached.reload()
+    else:
+        dataset.reload()
 
 
 def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[str]:
@@ -279,6 +304,7 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
                 dataset.delete_sample_field(field_name)
                 deleted.append(field_name)
     samples.delete_run(run_key)
+    bls.delete_idle_state(samples._root_dataset, run_key)
     return deleted
 
 
@@ -298,7 +324,7 @@ def _is_bifta_config(config) -> bool:
     return getattr(config, "run_type", None) == RUN_TYPE
 
 
-def _info_dict(run_key: str, info) -> dict:
+def _info_dict(run_key: str, info, state: dict | None = None) -> dict:
     """The plain info dict of a BiFTA run (see :func:`get_bifta_run_info`)."""
     d = _plain(info.config.serialize())
     d.pop("cls", None)
@@ -307,6 +333,13 @@ def _info_dict(run_key: str, info) -> dict:
     d["registered_at"] = info.timestamp.isoformat() if info.timestamp else None
     d["fiftyone_version"] = info.version
     d.setdefault("results", {})
+    described = bls.describe_state(state)
+    d["stale"] = bool(described and described["stale"])
+    d["lease"] = d["shards"] = None
+    if described is not None and described["num_shards"] == 1:
+        d["lease"] = described["shards"][0]
+    elif described is not None:
+        d["shards"] = described
     return d
 
 

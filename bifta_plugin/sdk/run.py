@@ -8,14 +8,19 @@ The operator, the CLI and the panels all go through this module.
 1. plans (:mod:`.plan`): validates every argument and compares it with the
    dataset's existing fields, runs and evaluations; nothing is written if
    anything is wrong, or if ``overwrite`` would be needed;
-2. builds the encoder (:class:`~.options.EncoderSpec`) and one
+2. takes the run's lease (:mod:`.lease`; of one shard with
+   ``runtime.shard``, :mod:`.shards`): refused while another live process
+   runs this run key, renewed between batches;
+3. builds the encoder (:class:`~.options.EncoderSpec`) and one
    :class:`~bifta_plugin.engine.pipeline.BiftaClassifier`;
-3. registers a BiFTA run (:mod:`.records`) with full provenance;
-4. streams predictions batch by batch and writes each batch in bulk
+4. registers a BiFTA run (:mod:`.records`) with full provenance (a
+   sharded run: its first shard);
+5. streams predictions batch by batch and writes each batch in bulk
    (:mod:`.writing`; each sample whole or not at all), yielding a progress
    event after each, so an interrupted, cancelled or killed run keeps every
    finished sample and ``skip_existing=True`` resumes it;
-5. optionally evaluates against a ground-truth field.
+6. optionally evaluates against a ground-truth field (a sharded run: the
+   process that completes its last shard, once).
 
 Example::
 
@@ -49,12 +54,14 @@ from typing import Iterator, Sequence
 
 import fiftyone.core.utils as fou
 
+from . import lease as bls
+from . import shards as bsh
 from . import writing as rw
 from ..core import defaults
 from ..core.progress import DONE, ProgressEvent
 from ..engine.pipeline import BiftaClassifier
 from .options import EncoderSpec, OutputSpec, RunOptions
-from .plan import RunPlan, make_plan, run_identity_conflict
+from .plan import Deletions, RunPlan, existing_conflicts, make_plan, run_identity_conflict
 from .results import DatabaseUnavailableError, RunResult
 
 logger = logging.getLogger(__name__)
@@ -136,6 +143,11 @@ def iter_bifta(
             ``runtime.skip_failures=False``.
         DatabaseUnavailableError: while iterating, when the database is
             lost (the run is "interrupted"; resume once it is back).
+        LeaseHeldError: by the first ``next``: another live process runs
+            this run key (or shard); the message names it and how to take
+            over (``runtime.take_over=True``).
+        LeaseLostError: while iterating: another process took the lease
+            over; the batches written so far are kept.
     """
     plan = make_plan(
         samples,
@@ -148,7 +160,9 @@ def iter_bifta(
         output=output,
         overwrite=overwrite,
         config_overrides=config_overrides,
-    ).require_allowed()
+    )
+    if not _is_sharded(plan):  # a shard checks once the run is set up
+        plan.require_allowed()
     if not isinstance(encoder, EncoderSpec):
         raise ValueError(
             f"encoder must be an EncoderSpec (EncoderSpec(instance=...) to reuse "
@@ -189,38 +203,124 @@ def run_bifta(samples, classes=None, descriptions=None, *, progress=None, **kwar
 def _run(plan: RunPlan, spec: EncoderSpec) -> Iterator[ProgressEvent]:
     """The run's work as a generator (see :func:`iter_bifta`)."""
     start = time.perf_counter()
-    encoder = spec.build()
-    plan = _with_truncation(plan, encoder)
-    classifier = BiftaClassifier(
-        encoder,
-        list(plan.classes),
-        plan.descriptions.descriptions if plan.descriptions is not None else None,
-        config=plan.config,
-        runtime=plan.engine,
+    # the lease first: a second process on this run key is refused before
+    # it loads a model or deletes anything (see .lease)
+    lease = bls.acquire(
+        plan.dataset, plan.run_key, plan.runtime.shard, take_over=plan.runtime.take_over
     )
-    params = rw.run_params(plan, classifier)
-    plan = dataclasses.replace(
-        plan, deletions=plan.deletions | run_identity_conflict(plan, params)
-    ).require_allowed()
-    writing_start = time.perf_counter()
-    rw.prepare_dataset(plan, params)
-    result = _new_result(plan, classifier, params)
+    run = _LeasedRun(plan, lease, start)
     with _terminate_as_interrupt():
         try:
-            ids, paths = rw.samples_to_do(plan)
-            yield ProgressEvent(
-                "setup", 0, len(ids),
-                f"model ready on {result.device}; {len(ids)} of {result.num_samples} samples to do",
-            )
-            yield from rw.iter_batches(plan, classifier, result, ids, paths, since=writing_start)
-            if plan.output.gt_field is not None:
-                yield ProgressEvent("evaluate", 0, 1, f"evaluating against {plan.output.gt_field!r}")
-                rw.evaluate(plan, result)
+            yield from run.events(spec)
         except BaseException as e:
-            rw.finish_run(plan, result, start, *_stop_status(e))
+            run.record_stop(e)
             raise
-        rw.finish_run(plan, result, start, "completed")
-    yield ProgressEvent(DONE, result.num_samples, result.num_samples, result.summary(), result)
+        finally:
+            lease.stop_heartbeat()
+
+
+@dataclasses.dataclass
+class _LeasedRun:
+    """One run (or shard) under its lease: the steps of :func:`_run` and
+    what they have done so far, so a stop is recorded where it belongs."""
+
+    plan: RunPlan
+    lease: bls.Lease
+    start: float
+    result: RunResult | None = None
+    registered: bool = False  # the run record is this run's
+    released: bool = False  # the lease is ended
+    finished: bool = False  # the run is recorded as completed
+
+    def events(self, spec: EncoderSpec) -> Iterator[ProgressEvent]:
+        encoder = spec.build()
+        self.plan = plan = _with_truncation(self.plan, encoder)
+        classifier = BiftaClassifier(
+            encoder,
+            list(plan.classes),
+            plan.descriptions.descriptions if plan.descriptions is not None else None,
+            config=plan.config,
+            runtime=plan.engine,
+        )
+        params = rw.run_params(plan, classifier)
+        writing_start = time.perf_counter()  # setting up the fields counts in images/s
+        self._prepare(params)
+        plan = self.plan
+        part = dataclasses.replace(
+            plan, samples=bsh.shard_view(plan.samples, self.lease.index, self.lease.num_shards)
+        )
+        self.result = result = _new_result(part, classifier, params)
+        ids, paths = rw.samples_to_do(part)
+        yield ProgressEvent(
+            "setup", 0, len(ids),
+            f"model ready on {result.device}; {len(ids)} of {result.num_samples} samples to do"
+            + (f" (shard {self.lease.index}/{self.lease.num_shards})" if self.lease.sharded else ""),
+        )
+        for event in rw.iter_batches(part, classifier, result, ids, paths, since=writing_start):
+            self.lease.beat(event.done, event.total)  # raises LeaseLostError
+            yield event
+        final = bsh.complete_shard(self.lease, result)
+        self.released = True
+        if final is None:  # other shards are still running
+            yield ProgressEvent(DONE, result.num_samples, result.num_samples, result.summary(), result)
+            return
+        self.registered = True  # the finaliser records the run's end
+        if self.lease.sharded:
+            self.result = result = bsh.merged_result(result, final, len(plan.samples))
+        if plan.output.gt_field is not None:
+            yield ProgressEvent("evaluate", 0, 1, f"evaluating against {plan.output.gt_field!r}")
+            rw.evaluate(plan, result)
+        rw.finish_run(plan, result, self.start, "completed")
+        self.finished = True  # closing the iterator after the result is no cancellation
+        yield ProgressEvent(DONE, result.num_samples, result.num_samples, result.summary(), result)
+
+    def _prepare(self, params: dict) -> None:
+        """Check the plan, register the run and declare its fields: here for
+        a whole run; in the first shard of a sharded run, the others
+        checking after it that nothing conflicts with the run it set up
+        (the same configuration in every shard)."""
+
+        def prepare():
+            self.plan = dataclasses.replace(
+                self.plan, deletions=self.plan.deletions | run_identity_conflict(self.plan, params)
+            ).require_allowed()
+            rw.prepare_dataset(self.plan, params)
+
+        if not self.lease.sharded:
+            prepare()
+            self.registered = True
+            return
+        if bsh.setup_once(self.lease, prepare):
+            return
+        self.plan.dataset.reload()
+        plan = dataclasses.replace(self.plan, deletions=Deletions())
+        conflict = existing_conflicts(plan)
+        conflict |= run_identity_conflict(plan, params)
+        if conflict:
+            raise ValueError(
+                f"shard {self.lease.index}/{self.lease.num_shards}: "
+                + "; ".join(conflict.reasons) + " (every shard must run the configuration "
+                "the run was set up with)"
+            )
+        self.plan = plan
+
+    def record_stop(self, e: BaseException) -> None:
+        """Record why the run (or shard) stopped, never masking ``e``."""
+        if self.finished or isinstance(e, bls.LeaseLostError):
+            return  # recorded already, or by the lease's new holder
+        status, error = _stop_status(e)
+        if not self.released:
+            counts = bsh.counts_of(self.result) if self.result is not None else None
+            try:
+                self.lease.release(status, counts=counts, error=error)
+            except Exception:
+                logger.warning("could not release the lease of %r", self.plan.run_key, exc_info=True)
+        if self.registered and self.result is not None:
+            rw.finish_run(self.plan, self.result, self.start, status, error=error)
+
+
+def _is_sharded(plan: RunPlan) -> bool:
+    return plan.runtime.shard is not None and plan.runtime.shard[1] > 1
 
 
 def _stop_status(error: BaseException) -> tuple[str, str]:

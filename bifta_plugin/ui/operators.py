@@ -138,7 +138,8 @@ class RunBifta(foo.Operator):
             encoder, runtime, output: the option groups
                 (:mod:`bifta_plugin.sdk.options`), as for ``run_bifta``;
                 the run happens in another context, so ``encoder`` cannot
-                carry an ``instance``, ``cache_dir`` or ``model_config``.
+                carry an ``instance`` or ``cache_dir`` (``model_config``
+                files must be readable where the run happens).
             classes_path: a class list file (txt, one per line, or a JSON or
                 YAML list).
             classes_field: use the labels of this Classification field
@@ -211,16 +212,21 @@ class RunBifta(foo.Operator):
 
 
 def _group_params(encoder: EncoderSpec, runtime: RunOptions, output: OutputSpec) -> dict:
-    """The option groups as the form's flat params."""
-    for name in ("instance", "cache_dir", "model_config"):
+    """The option groups as the form's flat params (``model_config``
+    files travel as paths: a delegated worker registers them itself)."""
+    for name in ("instance", "cache_dir"):
         if getattr(encoder, name) is not None:
             raise ValueError(
                 f"EncoderSpec.{name} cannot be passed to the operator (it runs "
                 "in another context); use run_bifta"
             )
     params = flatten_options(encoder, runtime, output)
-    for name in ("instance", "cache_dir", "model_config"):
+    for name in ("instance", "cache_dir"):
         params.pop(name)
+    config = params.pop("model_config")
+    if config is not None:
+        paths = [config] if isinstance(config, (str, os.PathLike)) else list(config)
+        params["model_config"] = [os.path.abspath(os.fspath(p)) for p in paths]
     pretrained = params["pretrained"]
     params["pretrained"] = "none" if pretrained is None else os.fspath(pretrained)
     return params

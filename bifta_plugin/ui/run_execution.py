@@ -64,6 +64,10 @@ class RunRequest:
     generate: GenerationStep | None = None
 
 
+#: run settings a queued shard (or an SDK call) passes besides the form's params
+SHARD_PARAMS = ("shard", "take_over", "model_config")
+
+
 def build_run_request(params: dict) -> RunRequest:
     """Turn operator params into ``run_bifta`` keywords (same names, read
     through :data:`.params.RUN_PARAMS`).
@@ -76,6 +80,9 @@ def build_run_request(params: dict) -> RunRequest:
     """
     method = params.get("method") or defaults.METHOD
     kwargs = sdk_kwargs(params)
+    for name in SHARD_PARAMS:  # set by queued shards and SDK calls, not in the form
+        if params.get(name) is not None:
+            kwargs[name] = params[name]
     kwargs.update(classes_kwargs(params))
     kwargs["method"] = method
     path = ui.parse_path(params.get("descriptions_path"))
@@ -183,6 +190,9 @@ def _output(result, request: RunRequest) -> dict:
 def execute(ctx):
     """``RunBifta.execute``: the summary dict (delegated) or a generator
     streaming progress then the summary (immediate)."""
+    num_shards = ctx.params.get("num_shards") or 1
+    if num_shards > 1 and ctx.params.get("shard") is None:
+        return _queue_shards(ctx, num_shards)
     request = build_run_request(ctx.params)
     resolve_field_classes(request, ctx.dataset)
     secrets = None
@@ -194,6 +204,32 @@ def execute(ctx):
     if ctx.delegated:
         return report_to_ctx(ctx, run_events(ctx.target_view(), request, secrets), 5.0)
     return _execute_streaming(ctx, request, secrets)
+
+
+def _queue_shards(ctx, num_shards: int):
+    """Queue the run as ``num_shards`` delegated operations of this
+    operator, one per shard (:func:`~bifta_plugin.sdk.shards.queue_shard_operations`);
+    the summary names them."""
+    from ..sdk.shards import queue_shard_operations  # no torch
+
+    params = ctx.params
+    run_key = params.get("run_key") or params.get("label_field") or "bifta"
+    ids = queue_shard_operations(
+        ctx.dataset, run_key, dict(ctx.request_params), num_shards,
+        operator_uri=ctx.operator_uri, take_over=bool(params.get("take_over")),
+    )
+    out = dict(
+        run_key=run_key, label_field=params.get("label_field") or "bifta",
+        method=params.get("method") or "bifta", num_shards=num_shards, queued_operations=ids,
+        summary=f"queued {num_shards} shards of run {run_key!r} for delegated workers",
+    )
+    if ctx.delegated:
+        return out
+
+    def immediate():
+        yield ctx.ops.show_output(summary_outputs(out).to_json(), out)
+
+    return immediate()
 
 
 def _execute_streaming(ctx, request: RunRequest, secrets):
@@ -225,6 +261,8 @@ def summary_outputs(results: dict) -> types.Property:
 def summary_markdown(results: dict) -> str:
     """A short markdown report of a run's results dict."""
     lines = []
+    if results.get("queued_operations"):
+        lines.append(f"**{results['summary']}**: {', '.join(results['queued_operations'])}")
     if results.get("generation"):
         lines.append(llm.generation_markdown(results["generation"]) + "\n")
     label_field = results.get("label_field", defaults.LABEL_FIELD)

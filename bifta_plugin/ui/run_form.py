@@ -37,8 +37,31 @@ def run_bifta_inputs(ctx, inputs) -> bool:
     ready &= _model_inputs(ctx, inputs)
     ready &= _label_field_inputs(ctx, inputs)
     ready &= _evaluation_inputs(ctx, inputs)
+    ready &= _shards_inputs(ctx, inputs)
     ready &= _advanced_inputs(ctx, inputs, method)
     return ready
+
+
+def _shards_inputs(ctx, inputs) -> bool:
+    """"Shards": split the run into that many delegated operations."""
+    from ..sdk.shards import suggested_shards  # pure Python
+
+    suggested = suggested_shards(len(ctx.target_view()))
+    prop = inputs.int(
+        "num_shards",
+        default=1,
+        min=1,
+        label="Shards",
+        description=(
+            "Split the run into this many delegated operations, one per "
+            f"`fiftyone delegated launch` worker (suggested for this target: {suggested})"
+        ),
+    )
+    value = ctx.params.get("num_shards", 1)
+    if value is not None and (not isinstance(value, int) or value < 1):
+        ui.set_invalid(prop, f"Shards must be an integer >= 1; got {value!r}")
+        return False
+    return True
 
 
 def _method_inputs(ctx, inputs) -> str:
