@@ -69,13 +69,15 @@ def heartbeat_interval() -> float:
     return value
 
 
-def _now() -> datetime.datetime:
+def utcnow() -> datetime.datetime:
+    """Now, as the naive UTC datetime MongoDB returns (milliseconds)."""
     # BSON keeps milliseconds: round here so a value read back compares equal
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def _collection():
+def states_collection():
+    """The run states collection of FiftyOne's database."""
     import fiftyone.core.odm.database as food
 
     return food.get_db_conn()[COLLECTION]
@@ -90,7 +92,7 @@ def _owner() -> dict:
 
 
 def _stale_cutoff() -> datetime.datetime:
-    return _now() - datetime.timedelta(seconds=STALE_AFTER * heartbeat_interval())
+    return utcnow() - datetime.timedelta(seconds=STALE_AFTER * heartbeat_interval())
 
 
 def _live_condition(cutoff) -> dict:
@@ -115,19 +117,19 @@ def new_state(dataset, run_key: str, num_shards: int, generation: int) -> dict:
         num_shards=num_shards,
         num_completed=0,
         finalised_at=None,
-        created_at=_now(),
+        created_at=utcnow(),
         setup=None,
         shards=[_new_shard(i) for i in range(num_shards)],
     )
 
 
 def load_state(dataset, run_key: str) -> dict | None:
-    return _collection().find_one({"_id": state_id(dataset, run_key)})
+    return states_collection().find_one({"_id": state_id(dataset, run_key)})
 
 
 def load_states(dataset) -> dict:
     """``{run_key: state}`` of every run of ``dataset`` (one query)."""
-    found = _collection().find({"dataset_id": str(dataset._root_dataset._doc.id)})
+    found = states_collection().find({"dataset_id": str(dataset._root_dataset._doc.id)})
     return {doc["run_key"]: doc for doc in found}
 
 
@@ -136,7 +138,7 @@ def delete_idle_state(dataset, run_key: str) -> None:
     replaces its own key deletes the old run while holding the lease)."""
     cond = {"_id": state_id(dataset, run_key)}
     cond["shards"] = {"$not": {"$elemMatch": _live_condition(_stale_cutoff())}}
-    _collection().delete_one(cond)
+    states_collection().delete_one(cond)
 
 
 def reset_state(dataset, run_key: str, num_shards: int, take_over: bool = False) -> dict:
@@ -163,7 +165,7 @@ def _replace_state(dataset, run_key, old, num_shards) -> dict | None:
 
     generation = 1 if old is None else old["generation"] + 1
     doc = new_state(dataset, run_key, num_shards, generation)
-    coll = _collection()
+    coll = states_collection()
     if old is None:
         try:
             coll.insert_one(doc)
@@ -204,7 +206,7 @@ class Lease:
         prefix = f"shards.{self.index}."
         update = {"$set": {prefix + k: v for k, v in values.items()}}
         update.update(extra or {})
-        return _collection().find_one_and_update(
+        return states_collection().find_one_and_update(
             {"_id": self.state_id, prefix + "token": self.token},
             update,
             return_document=ReturnDocument.AFTER,
@@ -216,16 +218,16 @@ class Lease:
         Raises:
             LeaseLostError: another process took the lease over.
         """
-        values = {"heartbeat": _now()}
+        values = {"heartbeat": utcnow()}
         if done is not None:
             values["done"] = done
         if total is not None:
             values["total"] = total
         if self.lost or self._set(values) is None:
             self.lost = True
-            raise LeaseLostError(self._lost_message())
+            raise LeaseLostError(self.lost_message())
 
-    def _lost_message(self) -> str:
+    def lost_message(self) -> str:
         state = load_state(self.dataset, self.run_key)
         holder = ""
         if state is not None and self.index < len(state["shards"]):
@@ -245,7 +247,7 @@ class Lease:
 
         def loop():
             while not self._stop.wait(interval):
-                if self._set({"heartbeat": _now()}) is None:
+                if self._set({"heartbeat": utcnow()}) is None:
                     self.lost = True
                     return
 
@@ -265,7 +267,7 @@ class Lease:
         atomic update, so exactly one finisher sees the last count.
         """
         self.stop_heartbeat()
-        values = {"status": status, "heartbeat": _now(), "error": error}
+        values = {"status": status, "heartbeat": utcnow(), "error": error}
         if counts is not None:
             values["counts"] = counts
         extra = {"$inc": {"num_completed": 1}} if status == COMPLETED else None
@@ -319,9 +321,9 @@ def _claim(dataset, run_key, state, index, num_shards, token, take_over) -> Leas
         raise LeaseHeldError(held_message(run_key, shard, num_shards))
     prefix = f"shards.{index}."
     cond = {"_id": state["_id"], "generation": state["generation"], prefix + "token": shard["token"]}
-    now = _now()
+    now = utcnow()
     values = dict(status=RUNNING, owner=_owner(), token=token, since=now, heartbeat=now, error=None)
-    updated = _collection().update_one(cond, {"$set": {prefix + k: v for k, v in values.items()}})
+    updated = states_collection().update_one(cond, {"$set": {prefix + k: v for k, v in values.items()}})
     if not updated.matched_count:
         return None  # someone else moved first: look again
     return Lease(dataset, run_key, index, num_shards, token, state["generation"])

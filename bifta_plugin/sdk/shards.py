@@ -36,7 +36,6 @@ operation, claimed atomically by exactly one worker (FiftyOne's
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import time
 
@@ -109,7 +108,7 @@ def setup_once(lease: bls.Lease, prepare) -> bool:
     Raises:
         RuntimeError: the setup did not finish within :data:`SETUP_TIMEOUT_S`.
     """
-    coll = bls._collection()
+    coll = bls.states_collection()
     claimed = coll.update_one(
         {"_id": lease.state_id, "generation": lease.generation, "setup": None},
         {"$set": {"setup": {"by": lease.index, "done": False}}},
@@ -159,13 +158,13 @@ def complete_shard(lease: bls.Lease, result: RunResult) -> dict | None:
 
     state = lease.release(bls.COMPLETED, counts=counts_of(result))
     if state is None:
-        raise bls.LeaseLostError(lease._lost_message())
+        raise bls.LeaseLostError(lease.lost_message())
     if state["num_completed"] < state["num_shards"]:
         return None
-    return bls._collection().find_one_and_update(
+    return bls.states_collection().find_one_and_update(
         {"_id": lease.state_id, "generation": lease.generation, "finalised_at": None,
          "num_completed": {"$gte": state["num_shards"]}},
-        {"$set": {"finalised_at": bls._now()}},
+        {"$set": {"finalised_at": bls.utcnow()}},
         return_document=ReturnDocument.AFTER,
     )
 
@@ -177,7 +176,7 @@ def merged_result(result: RunResult, state: dict, num_samples: int) -> RunResult
     for shard in state["shards"]:
         for k in totals:
             totals[k] += int((shard.get("counts") or {}).get(k, 0))
-    elapsed = (bls._now() - state["created_at"]).total_seconds()
+    elapsed = (bls.utcnow() - state["created_at"]).total_seconds()
     done = totals["num_processed"] + totals["num_failed"]
     return dataclasses.replace(
         result,
@@ -275,7 +274,7 @@ def queue_shard_operations(dataset, run_key: str, request_params: dict, num_shar
 
 
 def _set_op_id(dataset, run_key: str, index: int, op_id: str) -> None:
-    bls._collection().update_one(
+    bls.states_collection().update_one(
         {"_id": bls.state_id(dataset, run_key)},
         {"$set": {f"shards.{index}.op_id": op_id, f"shards.{index}.status": bls.QUEUED}},
     )
@@ -329,10 +328,10 @@ def _requeued(dataset, run_key: str, shard: dict, op_id: str) -> None:
     """Mark the shard queued with its new operation, unless a worker
     claimed it meanwhile (compare-and-set on its lease token)."""
     i = shard["index"]
-    bls._collection().update_one(
+    bls.states_collection().update_one(
         {"_id": bls.state_id(dataset, run_key), f"shards.{i}.token": shard["token"]},
         {"$set": {f"shards.{i}.op_id": op_id, f"shards.{i}.status": bls.QUEUED,
-                  f"shards.{i}.token": None, f"shards.{i}.queued_at": datetime.datetime.utcnow()}},
+                  f"shards.{i}.token": None, f"shards.{i}.queued_at": bls.utcnow()}},
     )
 
 
