@@ -8,7 +8,8 @@ after every batch and by a light background thread (every
 :func:`heartbeat_interval` seconds, so a long batch does not look dead). A
 lease whose heartbeat is older than :data:`STALE_AFTER` intervals belongs to
 a process that died (``kill -9``, a lost machine): it is reported as
-**stale** and may be claimed by a new process. A live lease is never
+**stale** and may be claimed by a new process (at once when the owner was
+on this host and its process is gone). A live lease is never
 claimed, unless the new run passes ``take_over=True``; the process that
 lost it stops at its next batch with :class:`LeaseLostError`.
 
@@ -344,12 +345,28 @@ def _refuse_if_live(state: dict, run_key: str) -> None:
 
 
 def is_live(shard: dict) -> bool:
-    """Queued, or running with a fresh heartbeat."""
+    """Queued, or running with a fresh heartbeat (and, when the owner is on
+    this host, its process still exists: a killed run on this machine is
+    seen at once, without waiting for its heartbeat to age)."""
     if shard["status"] == QUEUED:
         return True
-    return shard["status"] == RUNNING and shard["heartbeat"] is not None and (
+    fresh = shard["status"] == RUNNING and shard["heartbeat"] is not None and (
         shard["heartbeat"] >= _stale_cutoff()
     )
+    return fresh and not _owner_gone_here(shard)
+
+
+def _owner_gone_here(shard: dict) -> bool:
+    owner = shard.get("owner") or {}
+    if owner.get("host") != socket.gethostname() or not owner.get("pid"):
+        return False
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 def is_stale(shard: dict) -> bool:
