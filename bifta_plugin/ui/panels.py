@@ -111,6 +111,45 @@ def _extends(stages: list[dict], prefix: list[dict]) -> bool:
     ) == _view_key(prefix)
 
 
+_VIEW_STORE = "bifta_panel_views"
+_UNSET = object()
+
+
+def _remember_views(ctx, base=_UNSET, own=_UNSET, showing=_UNSET) -> None:
+    """Records the panel's base view and its own view (stage lists).
+
+    Kept in panel state for the render, and in FiftyOne's execution store
+    (server side, written before the view change is sent): the App may
+    deliver ``on_change_view`` for a view the panel set before the panel
+    state holding that view has come back to it, and a stale "own view"
+    would make the panel re-base its metrics on its own view.
+    """
+    update = {}
+    if base is not _UNSET:
+        update["base_view"] = base
+    if own is not _UNSET:
+        update["panel_view"] = own
+    if showing is not _UNSET:
+        update["showing"] = showing
+    ctx.panel.state.set(update)
+    store = ctx.store(_VIEW_STORE)
+    for key in ("base_view", "panel_view"):
+        if key in update:
+            store.set(f"{ctx.panel.id}:{key}", update[key])
+
+
+def _remembered_views(ctx) -> tuple[list, list]:
+    """(base, own) stage lists: the execution store's, else panel state's."""
+    store = ctx.store(_VIEW_STORE)
+    state = ctx.panel.state
+    base = store.get(f"{ctx.panel.id}:base_view")
+    own = store.get(f"{ctx.panel.id}:panel_view")
+    return (
+        state.base_view or [] if base is None else base,
+        state.panel_view or [] if own is None else own,
+    )
+
+
 def _is_crops_filter(stage: dict, crops_field: str) -> bool:
     """Whether a serialized stage is the best-crop filter of
     :func:`analysis.best_crops_view` on ``crops_field``."""
@@ -169,7 +208,9 @@ class MispredictionsPanel(foo.Panel):
         """The collection the metrics (and the panel's views) are built on:
         the user's own view stages, without sidebar filters and without any
         view the panel set."""
-        stages = ctx.panel.state.base_view
+        stages = ctx.store(_VIEW_STORE).get(f"{ctx.panel.id}:base_view")
+        if stages is None:
+            stages = ctx.panel.state.base_view
         if stages is None:
             stages = _app_stages(ctx)
         return fosv.get_view(ctx.dataset, stages=stages, reload=False)
@@ -177,7 +218,7 @@ class MispredictionsPanel(foo.Panel):
     def _set_view(self, ctx, view, description):
         """Loads ``view`` in the App, remembering it as the panel's own."""
         stages = _clean_stages(view._serialize())
-        ctx.panel.state.set({"panel_view": stages, "showing": description})
+        _remember_views(ctx, own=stages, showing=description)
         ctx.ops.set_view(view)
 
     # --- computation --------------------------------------------------------
@@ -268,7 +309,7 @@ class MispredictionsPanel(foo.Panel):
         }
         state.set({k: v for k, v in defaults.items() if state.get(k) is None})
         stages = _app_stages(ctx)
-        state.set({"base_view": stages, "panel_view": stages, "showing": None})
+        _remember_views(ctx, base=stages, own=stages, showing=None)
         self._refresh(ctx)
 
     def on_change_view(self, ctx):
@@ -276,19 +317,17 @@ class MispredictionsPanel(foo.Panel):
         filters, the panel's own views and refinements of them keep the
         base (metrics come from the run's samples, not from a view the
         panel set)."""
-        state = ctx.panel.state
         current = _app_stages(ctx)
-        own = state.panel_view or []
-        base = state.base_view or []
+        base, own = _remembered_views(ctx)
         if ctx.request_params.get("view_name") is None:
             if _view_key(current) == _view_key(own) or (
                 own != base and _extends(current, own)
             ):
                 return  # the panel's own view (maybe refined): keep all
             if _view_key(current) == _view_key(base):
-                state.set({"panel_view": current, "showing": None})
+                _remember_views(ctx, own=current, showing=None)
                 return  # back to the base: nothing to recompute
-        state.set({"base_view": current, "panel_view": current, "showing": None})
+        _remember_views(ctx, base=current, own=current, showing=None)
         self._refresh(ctx)
 
     def on_change_dataset(self, ctx):
@@ -406,10 +445,8 @@ class MispredictionsPanel(foo.Panel):
         self._set_view(ctx, view, f"confidence <= {threshold:g}")
 
     def reset_view(self, ctx):
+        _remember_views(ctx, base=[], own=[], showing=None)
         ctx.ops.clear_view()
-        ctx.panel.state.set(
-            {"base_view": [], "panel_view": [], "showing": None}
-        )
         self._refresh(ctx)
 
     def tag_view(self, ctx):
