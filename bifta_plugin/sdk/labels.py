@@ -15,7 +15,9 @@ The field contract (``docs/ARCHITECTURE.md``), for a label field ``L``:
   class's probability) under the name :func:`safe_field_names` gives it;
 - ``L_topk``: :class:`fiftyone.core.labels.Classifications`, the top-k
   classes with their probabilities (instead of ``L_scores`` above the cap);
-- ``L_error``: the failure message of the sample, else None.
+- ``L_error``: the failure message of the sample, else None;
+- the optional embeddings field (any name): the image's L2-normalised
+  global embedding, float32 [D], in a ``VectorField``.
 
 Nothing here touches a dataset. Each label is built once, as the BSON-ready
 dict FiftyOne stores (``*_doc`` functions); :mod:`bifta_plugin.api` writes
@@ -215,6 +217,16 @@ def topk_doc(pred, classes: Sequence[str], k: int) -> dict | None:
     }
 
 
+def embedding_value(pred) -> np.ndarray | None:
+    """The prediction's global embedding, float32 [D] (None on failure)."""
+    if not pred.ok:
+        return None
+    embedding = getattr(pred, "embedding", None)
+    if embedding is None:
+        raise ValueError(f"prediction {pred.key!r} carries no embedding")
+    return np.asarray(embedding, dtype=np.float32)
+
+
 def prediction_to_documents(
     pred,
     classes: Sequence[str],
@@ -223,6 +235,7 @@ def prediction_to_documents(
     class_fields: Mapping[str, str] | None = None,
     top_k: int = 5,
     store_logits: bool = True,
+    embeddings: bool = False,
 ) -> dict:
     """Every label of one prediction as stored dicts, keyed by role.
 
@@ -234,11 +247,12 @@ def prediction_to_documents(
             includes ``"topk"`` instead.
         top_k: classes kept in ``"topk"``.
         store_logits: keep the logits on ``"label"``.
+        embeddings: include ``"embeddings"`` (:func:`embedding_value`).
 
     Returns:
         ``{"label": ..., ["crops": ...,] "scores" | "topk": ..., "error":
-        str | None}`` (see :func:`field_names`); label values are None for a
-        failed image.
+        str | None[, "embeddings": np.ndarray]}`` (see :func:`field_names`);
+        label values are None for a failed image.
     """
     out = {"label": classification_doc(pred, classes, store_logits=store_logits)}
     if crops:
@@ -248,6 +262,8 @@ def prediction_to_documents(
     else:
         out["topk"] = topk_doc(pred, classes, top_k)
     out["error"] = pred.error
+    if embeddings:
+        out["embeddings"] = embedding_value(pred)
     return out
 
 
@@ -285,7 +301,7 @@ def prediction_to_labels(pred, classes: Sequence[str], **kwargs) -> dict:
         "topk": fol.Classifications,
     }
     return {
-        role: value if role == "error" else _from_doc(types[role], value)
+        role: value if role in ("error", "embeddings") else _from_doc(types[role], value)
         for role, value in docs.items()
     }
 

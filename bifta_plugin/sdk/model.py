@@ -26,6 +26,22 @@ For the global methods ("clip", "ensemble", "descriptions"), or with
 The model writes no per-class fields, errors or runs: use
 :func:`~bifta_plugin.sdk.run.run_bifta` for the full contract, provenance,
 resuming and evaluation.
+
+Embeddings and prompts. The model implements FiftyOne's
+:class:`~fiftyone.core.models.EmbeddingsMixin` and
+:class:`~fiftyone.core.models.PromptMixin` with the same open_clip model:
+:meth:`BiftaModel.embed_all` encodes only each image's global view (the
+view a run embeds first, cut as ``crop_mode="exact"`` cuts it; no crops),
+L2-normalised, and :meth:`BiftaModel.embed_prompts` the raw prompt texts,
+so text-to-image search works in the same space::
+
+    import fiftyone.brain as fob
+
+    fob.compute_similarity(dataset, model=model, brain_key="bifta_sim")
+    view = dataset.sort_by_similarity("a photo of a dog", k=10, brain_key="bifta_sim")
+
+For the App's search box in later sessions, pass a zoo model name instead of
+the instance (``zoo/``: ``model="bifta-clip", model_kwargs={...}``).
 """
 
 from __future__ import annotations
@@ -34,19 +50,24 @@ import hashlib
 from typing import Sequence
 
 import numpy as np
+import torch
 
 import fiftyone.core.models as fom
 
 from . import labels as bl
+from ..core import crops as crop_ops
 from ..core import defaults
 from ..core.classnames import validate_classes
 from ..core.config import get_config
+from ..engine import decode
 from ..engine.pipeline import BiftaClassifier, RuntimeOptions
 from .options import EncoderSpec, RunOptions
 from .plan import resolve_descriptions
 
 
-class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
+class BiftaModel(
+    fom.Model, fom.LogitsMixin, fom.SamplesMixin, fom.EmbeddingsMixin, fom.PromptMixin
+):
     """BiFTA/WCA zero-shot classification as a FiftyOne model.
 
     Args:
@@ -100,6 +121,7 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         self.descriptions = descs
         self.crops = config.uses_crops if crops is None else bool(crops)
         self._preprocess = True
+        self._last_embeddings = None
 
     # ------------------------------------------------------------------
     # FiftyOne model interface
@@ -176,7 +198,9 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
         else:
             keys = [_pixel_key(a) for a in images]
         outputs = []
-        for pred in self.classifier.predict(images, keys):
+        preds = self.classifier.predict(images, keys)
+        self._last_embeddings = _stacked_embeddings(preds)
+        for pred in preds:
             if not pred.ok:
                 raise RuntimeError(f"image {pred.key}: {pred.error}")
             label = bl.to_classification(
@@ -187,6 +211,73 @@ class BiftaModel(fom.Model, fom.LogitsMixin, fom.SamplesMixin):
             else:
                 outputs.append(label)
         return outputs
+
+
+    # ------------------------------------------------------------------
+    # FiftyOne embeddings and prompts
+    @property
+    def has_embeddings(self) -> bool:
+        return True
+
+    @property
+    def can_embed_prompts(self) -> bool:
+        return True
+
+    def get_embeddings(self) -> np.ndarray:
+        """The global embeddings of the last :meth:`predict_all` batch:
+        float32 [B, D], L2-normalised (the run's ``embeddings_field``)."""
+        if self._last_embeddings is None:
+            raise ValueError("no embeddings yet: call predict() or predict_all() first")
+        return self._last_embeddings
+
+    def embed(self, arg) -> np.ndarray:
+        """The global embedding of one image: float32 [D] (see :meth:`embed_all`)."""
+        return self.embed_all([arg])[0]
+
+    def embed_all(self, args) -> np.ndarray:
+        """Global-view embeddings of images, without crops or scoring.
+
+        Args:
+            args: HWC uint8 arrays (any sizes), PIL images, or an NHWC array.
+
+        Returns:
+            float32 [N, D], L2-normalised: the global view of each image
+            through the model's own preprocessing (the exact crop mode's
+            global view), encoded by the same open_clip model.
+        """
+        clf = self.classifier
+        no_crops = torch.zeros(0, 4, dtype=torch.int64)
+        pixels = [
+            crop_ops.exact_view_pixels(decode.decode_image(a).image, no_crops, clf.plan)
+            for a in args
+        ]
+        if not pixels:
+            return np.zeros((0, clf.encoder.embed_dim), dtype=np.float32)
+        views = torch.from_numpy(np.concatenate(pixels)).to(clf.device)
+        views = crop_ops.normalize_pixels(views, clf.plan.mean, clf.plan.std)
+        return clf.encode_views(views).cpu().numpy().astype(np.float32)
+
+    def embed_prompt(self, arg: str) -> np.ndarray:
+        """The text embedding of one prompt: float32 [D] (see :meth:`embed_prompts`)."""
+        return self.embed_prompts([arg])[0]
+
+    def embed_prompts(self, args) -> np.ndarray:
+        """Text embeddings of prompts (used as written, e.g. "a photo of a
+        dog"), through the encoder's text cache.
+
+        Returns:
+            float32 [N, D], L2-normalised, in the image embeddings' space.
+        """
+        prompts = [args] if isinstance(args, str) else list(args)
+        return self.classifier.encoder.encode_texts(prompts).cpu().numpy().astype(np.float32)
+
+
+def _stacked_embeddings(preds) -> np.ndarray | None:
+    """float32 [B, D] global embeddings of predictions (None when any lacks one)."""
+    vectors = [getattr(p, "embedding", None) for p in preds]
+    if not vectors or any(v is None for v in vectors):
+        return None
+    return np.stack([np.asarray(v, dtype=np.float32) for v in vectors])
 
 
 def _pixel_key(image: np.ndarray) -> str:

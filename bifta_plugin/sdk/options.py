@@ -133,6 +133,11 @@ class OutputSpec:
         gt_field: a Classification field to evaluate against.
         eval_key: the evaluation key (None: ``"eval_" + run_key``); needs
             ``gt_field``.
+        embeddings_field: also store each image's L2-normalised global
+            embedding (the one the run computes anyway) in this
+            ``VectorField``, for FiftyOne Brain's ``compute_similarity(...,
+            embeddings=embeddings_field)`` and ``compute_visualization``;
+            None stores none.
     """
 
     label_field: str = defaults.LABEL_FIELD
@@ -141,6 +146,7 @@ class OutputSpec:
     top_k: int = defaults.TOP_K
     gt_field: str | None = None
     eval_key: str | None = None
+    embeddings_field: str | None = None
 
 
 GROUPS = {"encoder": EncoderSpec, "runtime": RunOptions, "output": OutputSpec}

@@ -49,6 +49,7 @@ ROLE_TYPES = {
     "crops": fol.Detections,
     "topk": fol.Classifications,
     "scores": DynamicEmbeddedDocument,
+    "embeddings": fof.VectorField,  # a field type, not a document type
 }
 
 # Run parameters that must match for a run to continue under the same key.
@@ -247,7 +248,9 @@ def make_plan(
     classes = resolve_classes(samples, classes, classes_field)
     descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
     output = _resolve_output(samples, output)
-    fields = _field_plan(output.label_field, config, len(classes), output.max_class_fields)
+    fields = _field_plan(
+        output.label_field, config, len(classes), output.max_class_fields, output.embeddings_field
+    )
     _check_eval_names(output, fields)
     class_fields = bl.safe_field_names(classes) if "scores" in fields else None
     plan = RunPlan(
@@ -286,6 +289,8 @@ def _resolve_output(samples, output: OutputSpec) -> OutputSpec:
     label_field = rules.check_field_name(output.label_field, "label_field")
     run_key = output.run_key if output.run_key is not None else label_field
     _check_key(run_key, "run_key", "pass run_key=")
+    if output.embeddings_field is not None:
+        rules.check_field_name(output.embeddings_field, "embeddings_field")
     eval_key = None
     if output.gt_field is not None:
         rules.check_classification_field(samples, output.gt_field, "gt_field")
@@ -364,7 +369,11 @@ def resolve_classes(samples, classes=None, classes_field=None) -> list[str]:
 
 
 def _field_plan(
-    label_field: str, config: BiftaConfig, num_classes: int, max_class_fields: int
+    label_field: str,
+    config: BiftaConfig,
+    num_classes: int,
+    max_class_fields: int,
+    embeddings_field: str | None = None,
 ) -> dict:
     names = bl.field_names(label_field)
     roles = ["label"]
@@ -372,12 +381,22 @@ def _field_plan(
         roles.append("crops")
     roles.append("scores" if num_classes <= max_class_fields else "topk")
     roles.append("error")
-    return {role: names[role] for role in roles}
+    fields = {role: names[role] for role in roles}
+    if embeddings_field is not None:
+        if embeddings_field in names.values():
+            raise ValueError(
+                f"embeddings_field {embeddings_field!r} is one of the fields of "
+                f"label_field {label_field!r}; choose another name"
+            )
+        fields["embeddings"] = embeddings_field
+    return fields
 
 
 def _field_is_compatible(field_, role: str) -> bool:
     if role == "error":
         return isinstance(field_, fof.StringField)
+    if role == "embeddings":
+        return isinstance(field_, fof.VectorField)
     return (
         isinstance(field_, fof.EmbeddedDocumentField)
         and field_.document_type is ROLE_TYPES[role]

@@ -146,6 +146,8 @@ def _declare_fields(dataset, fields: dict, class_fields: dict | None, config: Bi
     for role, name in fields.items():
         if role == "error":
             add(name, fof.StringField)
+        elif role == "embeddings":
+            add(name, fof.VectorField)
         elif role == "scores" and class_fields:
             # All class attributes in one schema merge: each add_sample_field
             # reloads the dataset (see bench/bench_class_fields.py).
@@ -227,6 +229,7 @@ def iter_batches(
         crops="crops" in plan.fields,
         class_fields=plan.class_fields,
         top_k=plan.output.top_k,
+        embeddings="embeddings" in plan.fields,
     )
     start = time.perf_counter() if since is None else since
     batches = classifier.iter_predictions(paths, keys=paths)
