@@ -226,14 +226,14 @@ def test_exif_rotated_jpeg_boxes_overlay_the_displayed_image(tmp_path, encoder):
     pred = clf.predict([path])[0]
     assert (pred.width, pred.height) == displayed.size
     # the views fed to the model are crops of the displayed image
-    item = clf._prepare(0, path, path)
+    (item,) = clf.preparer([0], [path], [path])
     boxes = clf.crop_boxes(*displayed.size, path)
     assert torch.equal(item.boxes, boxes) and torch.equal(torch.from_numpy(pred.boxes), boxes)
     expected = np.stack(
         [np.asarray(clf.plan.pil_stage(displayed))]
         + [np.asarray(clf.plan.pil_stage(displayed.crop(tuple(b)))) for b in boxes.tolist()]
     )
-    assert np.array_equal(item.pixels, expected)
+    assert np.array_equal(item.pixels.numpy(), expected)
 
     raw = _classifier(encoder, exif_transpose=False).predict([path])[0]
     assert (raw.width, raw.height) == (96, 48)  # the reference's raw frame

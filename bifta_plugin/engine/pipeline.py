@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..core import boxes as box_ops
@@ -40,14 +38,13 @@ from ..core.config import BiftaConfig, get_config
 from ..core.defaults import CROP_MODES
 from ..core.classnames import validate_classes
 from ..core.text import TextSide, build_text_side
-from . import decode
+from . import regions
 from . import workers as worker_life
+from .prepare import CropRule, PreparedView, ViewPreparer
 
 logger = logging.getLogger(__name__)
 
-# Errors that mean "this image cannot be read"; anything else is a bug and
-# propagates.
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+START_METHODS = (None, "fork", "spawn", "forkserver")
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,9 @@ class RuntimeOptions:
             scaling) as long as the smallest crop keeps the model's input
             size; much faster for large photos but not the reference's full
             decode, so pixels (and rarely predictions) differ slightly.
+        multiprocessing_context: start method of the decode workers
+            ("fork", "spawn", "forkserver"; None: the platform's default).
+            Results do not depend on it.
     """
 
     batch_size: int = 16
@@ -80,6 +80,7 @@ class RuntimeOptions:
     text_batch_size: int = 256
     exif_transpose: bool = True
     jpeg_draft: bool = False
+    multiprocessing_context: str | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "text_batch_size"):
@@ -96,6 +97,11 @@ class RuntimeOptions:
             not isinstance(self.num_workers, int) or self.num_workers < 0
         ):
             raise ValueError(f"num_workers must be an integer >= 0; got {self.num_workers!r}")
+        if self.multiprocessing_context not in START_METHODS:
+            raise ValueError(
+                f"multiprocessing_context must be one of {list(START_METHODS)}; "
+                f"got {self.multiprocessing_context!r}"
+            )
         if self.crop_mode not in CROP_MODES:
             raise ValueError(
                 f"crop_mode must be one of {list(CROP_MODES)}; got {self.crop_mode!r}"
@@ -123,6 +129,12 @@ class ImagePrediction:
             the predicted class (None for global-only methods).
         best_description: the class text that contributes most.
         run_labels: per-run label indices (resample protocol only).
+        embedding: float32 [D] the normalised embedding of the global view
+            (the image, or the patch), which scoring computes anyway.
+        origin: ``(x0, y0)`` of the classified region in the full image
+            (``(0, 0)`` for whole images; a patch's corner otherwise).
+        image_width, image_height: the full image's size (equal to
+            ``width``, ``height`` for whole images).
         error: why the image failed, else None.
     """
 
@@ -142,6 +154,10 @@ class ImagePrediction:
     best_crop: int | None = None
     best_description: str | None = None
     run_labels: list | None = None
+    embedding: np.ndarray | None = None
+    origin: tuple = (0, 0)
+    image_width: int = 0
+    image_height: int = 0
     error: str | None = None
 
     @property
@@ -149,27 +165,16 @@ class ImagePrediction:
         return self.error is None
 
     def relative_boxes(self) -> np.ndarray:
-        """Retained crops as FiftyOne's relative ``[x, y, w, h]``, float64 [K, 4]."""
+        """Retained crops as FiftyOne's relative ``[x, y, w, h]`` in the
+        full image (a patch's crops included), float64 [K, 4]."""
         if self.boxes is None or len(self.boxes) == 0:
             return np.zeros((0, 4))
-        return box_ops.boxes_to_relative_xywh(
-            torch.from_numpy(self.boxes), self.width, self.height
-        ).numpy()
-
-
-@dataclass
-class _Item:
-    """What a worker prepares for one image."""
-
-    index: int
-    key: str
-    width: int = 0
-    height: int = 0
-    boxes: Tensor | None = None  # [K, 4] int64, original pixels
-    pixels: np.ndarray | None = None  # exact: [1 + K, S, S, 3] uint8
-    source: np.ndarray | None = None  # fast: [h, w, 3] uint8
-    view_boxes: Tensor | None = None  # fast: [1 + K, 4] float in source pixels
-    error: str | None = None
+        boxes = torch.from_numpy(self.boxes)
+        full_w, full_h = self.image_width or self.width, self.image_height or self.height
+        if tuple(self.origin) != (0, 0):
+            x0, y0 = self.origin
+            boxes = boxes + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        return box_ops.boxes_to_relative_xywh(boxes, full_w, full_h).numpy()
 
 
 def default_key(source, index: int) -> str:
@@ -179,19 +184,35 @@ def default_key(source, index: int) -> str:
     return f"#{index}"
 
 
-class _ViewDataset(torch.utils.data.Dataset):
-    """Decodes images and prepares their views (runs in DataLoader workers)."""
+class _GroupDataset(torch.utils.data.Dataset):
+    """One item per image group (runs in DataLoader workers): decodes the
+    image once and prepares the views of every entry of the group."""
 
-    def __init__(self, sources, keys, prepare: Callable):
+    def __init__(self, groups, sources, keys, preparer):
+        self.groups = groups
         self.sources = sources
         self.keys = keys
-        self.prepare = prepare
+        self.preparer = preparer
 
     def __len__(self):
-        return len(self.sources)
+        return len(self.groups)
 
-    def __getitem__(self, index):
-        return self.prepare(index, self.sources[index], self.keys[index])
+    def __getitem__(self, g):
+        members = self.groups[g]
+        return self.preparer(
+            members, [self.sources[i] for i in members], [self.keys[i] for i in members]
+        )
+
+
+def _flatten(groups: list) -> list:
+    return [item for group in groups for item in group]
+
+
+def _failed(item: PreparedView) -> ImagePrediction:
+    return ImagePrediction(
+        index=item.index, key=item.key, error=item.error,
+        image_width=item.image_width, image_height=item.image_height,
+    )
 
 
 def _worker_init(parent_pid: int, _worker_id: int):
@@ -200,6 +221,161 @@ def _worker_init(parent_pid: int, _worker_id: int):
     # Workers only decode and resize with PIL; torch threads there would
     # compete with the encoder for the same cores.
     torch.set_num_threads(1)
+
+
+def portable_preparer(preparer: ViewPreparer) -> ViewPreparer:
+    """``preparer`` rebuilt from an importable module, for worker processes.
+
+    Loaded through FiftyOne's plugin registry, this package is not
+    ``bifta_plugin`` but a name only the parent process knows, so a worker
+    started with ``spawn``/``forkserver`` could not unpickle the preparer.
+    The same class from ``bifta_plugin.engine.prepare`` (the package
+    directory's parent put on ``sys.path``, which spawned workers inherit)
+    unpickles anywhere. Under the canonical name already: returned as is.
+    """
+    import dataclasses
+    import importlib
+    import sys
+
+    canonical = "bifta_plugin.engine.prepare"
+    if type(preparer).__module__ == canonical:
+        return preparer
+    package_dir = Path(__file__).resolve().parents[1]  # .../bifta_plugin
+    root = str(package_dir.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    module = importlib.import_module(canonical)
+    found = Path(module.__file__).resolve().parents[1]
+    if found != package_dir:
+        raise RuntimeError(
+            f"bifta_plugin is importable from {found}, not from this plugin's "
+            f"{package_dir}; decode workers would run other code. Uninstall that "
+            "copy, or run with num_workers=0"
+        )
+    rule = module.CropRule(**dataclasses.asdict(preparer.rule))
+    return module.ViewPreparer(
+        rule, preparer.plan, preparer.crop_mode, preparer.exif_transpose, preparer.jpeg_draft
+    )
+
+
+# ----------------------------------------------------------------------------
+# The batched tail: per-image outputs as tensor expressions over the batch
+# ----------------------------------------------------------------------------
+
+
+def gather_crops(features: Tensor, starts: Tensor, num_crops: Tensor, device) -> tuple[Tensor, Tensor]:
+    """The crop embeddings of every entry, padded, with one gather.
+
+    Args:
+        features: Tensor[V, D] every view of the batch, entry after entry,
+            each entry's global view first.
+        starts: Tensor[B] int64 (host) row of each entry's global view.
+        num_crops: Tensor[B] int64 (host) crops per entry, all >= 1.
+
+    Returns:
+        (Tensor[B, K, D] zero-padded, Tensor[B, K] bool mask), K = max crops.
+    """
+    k_max = int(num_crops.max())
+    offsets = torch.arange(k_max)
+    mask = offsets[None] < num_crops[:, None]  # [B, K]
+    rows = torch.where(mask, starts[:, None] + 1 + offsets[None], starts[:, None])
+    mask = mask.to(device)
+    gathered = features[rows.to(device)]  # [B, K, D]
+    return torch.where(mask[..., None], gathered, torch.zeros((), device=device)), mask
+
+
+def batch_outputs(
+    scores: Tensor,
+    crop_emb: Tensor,
+    crop_weights: Tensor,
+    crop_mask: Tensor,
+    text: TextSide,
+    logit_scale: float,
+    run_scores: Tensor | None = None,
+) -> dict:
+    """Every per-image output of a batch, without leaving the device.
+
+    Args:
+        scores: Tensor[B, C] class scores.
+        crop_emb: Tensor[B, K, D] crop embeddings (the global view for
+            global-only methods, K = 1).
+        crop_weights: Tensor[B, K] visual weights (zero on padding).
+        crop_mask: Tensor[B, K] bool.
+        text: the run's text side (descriptions [C, M, D], mask, weights).
+        logit_scale: CLIP's temperature.
+        run_scores: Tensor[B, R, C] per-run scores (resample protocol).
+
+    Returns:
+        dict of tensors: scores, logits, probs [B, C]; label, confidence,
+        margin, best_crop, best_description [B]; weights [B, K];
+        run_labels [B, R] or None. ``label`` is the first maximum on exact
+        ties (``torch.argmax``); the best (crop, description) pair is the
+        first maximum of ``w_i v_j k_i . t_j`` in crop-major order, as
+        :func:`scoring.best_pair` does per image.
+    """
+    logits = logit_scale * scores
+    probs = torch.softmax(logits, dim=-1)
+    label = torch.argmax(scores, dim=-1)  # [B]
+    confidence = probs.gather(1, label[:, None])[:, 0]
+    if probs.shape[1] >= 2:
+        top = probs.topk(2, dim=-1).values
+        margin = top[:, 0] - top[:, 1]
+    else:
+        margin = torch.zeros_like(confidence)
+    desc = text.desc_embeddings[label]  # [B, M, D]
+    desc_w = text.desc_weights[label]  # [B, M]
+    desc_mask = text.desc_mask[label]  # [B, M]
+    sims = torch.bmm(crop_emb.float(), desc.float().transpose(1, 2))  # [B, K, M]
+    contrib = crop_weights[:, :, None].float() * desc_w[:, None, :].float() * sims
+    valid = crop_mask[:, :, None] & desc_mask[:, None, :]
+    contrib = contrib.masked_fill(~valid, float("-inf"))
+    flat = contrib.flatten(1).argmax(dim=1)  # first maximum, crop-major
+    num_desc = contrib.shape[2]
+    return dict(
+        scores=scores,
+        logits=logits,
+        probs=probs,
+        label=label,
+        confidence=confidence,
+        margin=margin,
+        best_crop=torch.div(flat, num_desc, rounding_mode="floor"),
+        best_description=flat % num_desc,
+        weights=crop_weights,
+        run_labels=None if run_scores is None else run_scores.argmax(dim=-1),
+    )
+
+
+_ROW_FIELDS = ("label", "confidence", "margin", "best_crop", "best_description")
+
+
+def pack_outputs(outputs: dict, embedding: Tensor) -> Tensor:
+    """One float32 Tensor[B, 3C + K + 5 + D (+ R)] holding every output, so
+    the batch crosses to the host in one transfer.
+
+    Integer outputs (indices < 2**24) are exact in float32.
+    """
+    parts = [outputs["scores"], outputs["logits"], outputs["probs"], outputs["weights"]]
+    parts += [outputs[name][:, None] for name in _ROW_FIELDS]
+    parts.append(embedding)
+    if outputs["run_labels"] is not None:
+        parts.append(outputs["run_labels"])
+    return torch.cat([p.to(torch.float32) for p in parts], dim=1)
+
+
+def unpack_outputs(packed: Tensor, num_classes: int, num_crops: int, dim: int, num_runs: int) -> dict:
+    """The host-side (numpy) inverse of :func:`pack_outputs`."""
+    array = packed.numpy()
+    sizes = [num_classes] * 3 + [num_crops] + [1] * len(_ROW_FIELDS) + [dim, num_runs]
+    names = ["scores", "logits", "probs", "weights", *_ROW_FIELDS, "embedding", "run_labels"]
+    out, start = {}, 0
+    for name, size in zip(names, sizes):
+        out[name] = array[:, start : start + size]
+        start += size
+    for name in _ROW_FIELDS:
+        out[name] = out[name][:, 0]
+    if num_runs == 0:
+        out["run_labels"] = None
+    return out
 
 
 class BiftaClassifier:
@@ -242,6 +418,14 @@ class BiftaClassifier:
         )
         if self.crop_mode == "fast":
             crops.global_view_box(2, 1, self.plan.resize_mode)  # fail early if unsupported
+        # What the decode workers get: small and picklable (never the encoder).
+        self.preparer = ViewPreparer(
+            CropRule.from_config(self.config),
+            self.plan,
+            self.crop_mode,
+            exif_transpose=self.runtime.exif_transpose,
+            jpeg_draft=self.runtime.jpeg_draft,
+        )
         self.text: TextSide = build_text_side(
             self.config,
             self.classes,
@@ -254,53 +438,26 @@ class BiftaClassifier:
     # boxes and views
     def crop_boxes(self, width: int, height: int, key: str) -> Tensor:
         """The retained crop boxes of an image: Tensor[K, 4] int64 pixels."""
-        cfg = self.config
-        if not cfg.uses_crops:
-            return torch.zeros(0, 4, dtype=torch.int64)
-        return box_ops.select_crop_boxes(
-            width,
-            height,
-            num_candidates=cfg.num_candidates,
-            max_views=cfg.max_views,
-            min_scale=cfg.min_scale,
-            max_scale=cfg.max_scale,
-            iou_threshold=cfg.iou_threshold,
-            seed=cfg.seed,
-            key=key,
-        )
+        return self.preparer.rule.boxes(width, height, key)
 
-    def _prepare(self, index: int, source, key: str) -> _Item:
-        min_fraction = self.config.min_scale if self.config.uses_crops else 1.0
-        draft = math.ceil(self.plan.size / min_fraction) if self.runtime.jpeg_draft else None
-        try:
-            decoded = decode.decode_image(source, self.runtime.exif_transpose, draft)
-        except IMAGE_ERRORS as e:
-            return _Item(index, key, error=f"cannot read image {_name(source)}: {e}")
-        image, width, height = decoded.image, decoded.width, decoded.height
-        boxes = self.crop_boxes(width, height, key)
-        item = _Item(index, key, width, height, boxes=boxes)
-        if self.crop_mode == "exact":
-            decode.warn_if_slow(source, width, height, self.runtime.jpeg_draft)
-            item.pixels = crops.exact_view_pixels(image, decode.boxes_in(decoded, boxes), self.plan)
-        else:
-            item.source, (sx, sy) = crops.fast_source(image, self.plan.size, min_fraction)
-            sx, sy = sx * decoded.scale[0], sy * decoded.scale[1]
-            all_boxes = torch.cat(
-                [
-                    torch.tensor([crops.global_view_box(width, height, self.plan.resize_mode)]),
-                    boxes.to(torch.float64),
-                ]
-            )
-            item.view_boxes = all_boxes * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
-        return item
+    def _segment_views(self, item: PreparedView, start: int, stop: int, source_cache: dict) -> Tensor:
+        """Tensor[stop - start, 3, S, S] normalised views ``start:stop`` of
+        one entry, on the device.
 
-    def _item_views(self, item: _Item) -> Tensor:
-        """Tensor[1 + K, 3, S, S] normalised views of one image, on the device."""
+        Only the views of the chunk being encoded are materialised as floats
+        (exact mode: a slice of the uint8 views; fast mode: ``roi_align`` on
+        those view boxes), so memory is bounded by ``view_batch_size``.
+        """
+        non_blocking = self.device.type == "cuda"
         if item.pixels is not None:
-            pixels = torch.from_numpy(item.pixels).to(self.device)
+            pixels = item.pixels[start:stop].to(self.device, non_blocking=non_blocking)
             return crops.normalize_pixels(pixels, self.plan.mean, self.plan.std)
-        source = torch.from_numpy(item.source).to(self.device)
-        return crops.fast_views(source, item.view_boxes, self.plan)
+        source = source_cache.get(item.index)
+        if source is None:
+            source_cache.clear()  # one entry's source on the device at a time
+            source = item.source.to(self.device, non_blocking=non_blocking)
+            source_cache[item.index] = source
+        return crops.fast_views(source, item.view_boxes[start:stop], self.plan)
 
     # ------------------------------------------------------------------
     # encoding and scoring
@@ -318,19 +475,61 @@ class BiftaClassifier:
         ]
         return torch.cat(chunks).float()
 
+    def encode_items(self, items: list) -> Tensor:
+        """Every view of ``items``, encoded chunk by chunk.
+
+        Views are cut per encoder chunk of :meth:`view_batch_size` views
+        (a chunk may span entries), so at most one chunk of float views
+        exists at a time whatever ``batch_size`` is.
+
+        Returns:
+            Tensor[V, D] float32 normalised on the device, V = sum of the
+            entries' ``1 + K``, in entry order (row 0 of each is its global view).
+        """
+        step = self.view_batch_size()
+        total = sum(it.num_views for it in items)
+        out = torch.empty(total, self.encoder.embed_dim, device=self.device)
+        source_cache: dict = {}
+        pending: list[Tensor] = []
+        filled = written = 0
+        for item in items:
+            start = 0
+            while start < item.num_views:
+                stop = min(item.num_views, start + step - filled)
+                pending.append(self._segment_views(item, start, stop, source_cache))
+                filled += stop - start
+                start = stop
+                if filled == step:
+                    out[written : written + filled] = self._encode_chunk(pending)
+                    written += filled
+                    pending, filled = [], 0
+        if pending:
+            out[written : written + filled] = self._encode_chunk(pending)
+        return out
+
+    def _encode_chunk(self, segments: list) -> Tensor:
+        views = segments[0] if len(segments) == 1 else torch.cat(segments)
+        return self.encoder.encode_images(views).float()
+
     def _score_batch(self, items: list, features: Tensor) -> list[ImagePrediction]:
-        counts = [1 + it.boxes.shape[0] for it in items]
-        per_item = torch.split(features, counts)
-        global_emb = torch.stack([f[0] for f in per_item])  # [B, D]
+        """Score a batch and build its predictions with one host transfer.
+
+        Args:
+            items: B prepared entries (no errors).
+            features: Tensor[V, D] from :meth:`encode_items`.
+        """
+        counts = torch.tensor([it.num_views for it in items])  # [B], host
+        starts = torch.cumsum(counts, 0) - counts
+        global_emb = features[starts.to(self.device)]  # [B, D]
+        run_scores = None
         if self.config.uses_crops:
-            crop_emb, mask = scoring.pad_ragged([f[1:] for f in per_item])  # [B, K, D], [B, K]
+            crop_emb, mask = gather_crops(features, starts, counts - 1, self.device)  # [B, K, D], [B, K]
             sims = scoring.crop_global_similarity(global_emb, crop_emb)  # [B, K]
             normalize = self.config.score_form == "normalized"
             image_vec, weights = scoring.aggregate_crops(
                 crop_emb, sims, mask, self.config.image_log_scale, normalize
             )
             scores = scoring.class_scores(image_vec, self._class_vectors)  # [B, C]
-            run_scores = None
             if self.config.protocol == "resample":
                 run_scores = self._resample_scores(items, crop_emb, sims, mask)
                 scores = run_scores.mean(dim=1)
@@ -339,17 +538,17 @@ class BiftaClassifier:
             mask = torch.ones(len(items), 1, dtype=torch.bool, device=self.device)
             weights = mask.float()
             scores = scoring.class_scores(global_emb, self._class_vectors)
-            run_scores = None
-        return [
-            self._prediction(it, scores[b], crop_emb[b][mask[b]], weights[b][mask[b]],
-                             None if run_scores is None else run_scores[b])
-            for b, it in enumerate(items)
-        ]
+        tail = batch_outputs(
+            scores, crop_emb, weights, mask, self.text, self.encoder.logit_scale, run_scores
+        )
+        host = unpack_outputs(pack_outputs(tail, global_emb).cpu(), scores.shape[1], weights.shape[1],
+                              global_emb.shape[1], 0 if run_scores is None else run_scores.shape[1])
+        return [self._prediction(b, it, host) for b, it in enumerate(items)]
 
     def _resample_scores(self, items, crop_emb, sims, mask) -> Tensor:
         """Scores of the reference protocol: Tensor[B, R, C]."""
         cfg = self.config
-        num_valid = mask.sum(dim=1).tolist()
+        num_valid = [it.boxes.shape[0] for it in items]  # host-side, no device sync
         shared = cfg.spec.shared_resample_draws  # WCA: one index vector for all images
         draws = []
         for it, n in zip(items, num_valid):
@@ -367,16 +566,10 @@ class BiftaClassifier:
             out.append(scoring.class_scores(vec, self._class_vectors))
         return torch.stack(out, dim=1)
 
-    def _prediction(self, item, scores, crops, weights, run_scores) -> ImagePrediction:
-        logits = self.encoder.logit_scale * scores
-        probs = torch.softmax(logits, dim=-1)
-        label_index = int(torch.argmax(scores))  # first index on exact ties
-        c = label_index
-        desc_mask = self.text.desc_mask[c]
-        i, j, _ = scoring.best_pair(
-            crops, weights, self.text.desc_embeddings[c][desc_mask],
-            self.text.desc_weights[c][desc_mask],
-        )
+    def _prediction(self, b: int, item: PreparedView, host: dict) -> ImagePrediction:
+        c = int(host["label"][b])
+        num_crops = item.boxes.shape[0]
+        uses_crops = self.config.uses_crops
         return ImagePrediction(
             index=item.index,
             key=item.key,
@@ -384,16 +577,20 @@ class BiftaClassifier:
             height=item.height,
             label=self.classes[c],
             label_index=c,
-            scores=scores.cpu().numpy(),
-            logits=logits.cpu().numpy(),
-            probs=probs.cpu().numpy(),
-            confidence=float(probs[c]),
-            margin=float(scoring.top2_margin(probs)),
+            scores=host["scores"][b].copy(),
+            logits=host["logits"][b].copy(),
+            probs=host["probs"][b].copy(),
+            confidence=float(host["confidence"][b]),
+            margin=float(host["margin"][b]),
             boxes=item.boxes.numpy(),
-            crop_weights=weights.cpu().numpy() if self.config.uses_crops else np.zeros(0, np.float32),
-            best_crop=i if self.config.uses_crops else None,
-            best_description=self.text.texts[c][j],
-            run_labels=None if run_scores is None else run_scores.argmax(dim=-1).tolist(),
+            crop_weights=host["weights"][b, :num_crops].copy() if uses_crops else np.zeros(0, np.float32),
+            best_crop=int(host["best_crop"][b]) if uses_crops else None,
+            best_description=self.text.texts[c][int(host["best_description"][b])],
+            run_labels=None if host["run_labels"] is None else host["run_labels"][b].astype(int).tolist(),
+            embedding=host["embedding"][b].copy(),
+            origin=tuple(item.origin),
+            image_width=item.image_width or item.width,
+            image_height=item.image_height or item.height,
         )
 
     # ------------------------------------------------------------------
@@ -407,13 +604,17 @@ class BiftaClassifier:
         """Predict batch by batch; yields one list of predictions per batch.
 
         Args:
-            sources: image paths, PIL images or HWC uint8 arrays.
-            keys: stable image keys (default: the path, or the position).
+            sources: image paths, PIL images, HWC uint8 arrays, or
+                :class:`~.regions.Patch` objects (consecutive patches of one
+                file are decoded once).
+            keys: stable keys the crops are drawn from (default: the path,
+                or the position).
             progress: called as ``progress(done, total)`` after each batch.
 
         Yields:
-            Lists of :class:`ImagePrediction` in input order; failed images
-            carry ``error`` and no label.
+            Lists of :class:`ImagePrediction` in input order; failed entries
+            carry ``error`` and no label. A batch holds about ``batch_size``
+            entries (all the patches of one image stay in one batch).
         """
         sources = list(sources)
         keys = [default_key(s, i) for i, s in enumerate(sources)] if keys is None else list(keys)
@@ -425,12 +626,9 @@ class BiftaClassifier:
             good = [it for it in batch if it.error is None]
             results = {}
             if good:
-                features = self.encode_views(torch.cat([self._item_views(it) for it in good]))
+                features = self.encode_items(good)
                 results = {p.index: p for p in self._score_batch(good, features)}
-            out = [
-                results.get(it.index) or ImagePrediction(index=it.index, key=it.key, error=it.error)
-                for it in batch
-            ]
+            out = [results.get(it.index) or _failed(it) for it in batch]
             done += len(batch)
             if progress is not None:
                 progress(done, len(sources))
@@ -441,19 +639,28 @@ class BiftaClassifier:
         return [p for batch in self.iter_predictions(sources, keys) for p in batch]
 
     def _loader(self, sources, keys):
-        dataset = _ViewDataset(sources, keys, self._prepare)
+        groups = regions.group_by_image(sources)
         workers = self.runtime.num_workers
-        in_memory = any(not isinstance(s, (str, os.PathLike)) for s in sources[:1])
+        in_memory = any(
+            not isinstance(s, (str, os.PathLike, regions.Patch)) for s in sources[:1]
+        )
         if workers is None:
-            workers = 0 if in_memory or len(sources) <= self.runtime.batch_size else default_num_workers()
+            workers = 0 if in_memory or len(groups) <= self.runtime.batch_size else default_num_workers()
         workers = worker_life.safe_num_workers(workers, __name__)
+        preparer = self.preparer
+        context = None
+        if workers > 0:
+            context = self.runtime.multiprocessing_context
+            preparer = portable_preparer(preparer)
+        dataset = _GroupDataset(groups, sources, keys, preparer)
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=self.runtime.batch_size,
-            shuffle=False,
+            batch_sampler=regions.batch_groups(groups, self.runtime.batch_size),
             num_workers=workers,
-            collate_fn=list,
+            collate_fn=_flatten,
+            pin_memory=self.device.type == "cuda",
             worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers > 0 else None,
+            multiprocessing_context=context,
             prefetch_factor=2 if workers > 0 else None,
             persistent_workers=False,
             # a worker that cannot start (or hangs) raises instead of
