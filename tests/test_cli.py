@@ -449,3 +449,22 @@ def test_folder_plain_images_with_typed_classes(
     assert "with 3 images" in out and "1 failed" in out
     ds = fo.load_dataset(dataset_name)
     assert ds.count("bifta") == 2 and ds.count("bifta_error") == 1
+
+
+def test_classify_stores_embeddings(capsys, fo_dataset, sample_images, checkpoint):
+    import fiftyone.core.fields as fof
+    import numpy as np
+
+    ds = fo_dataset(sample_images[:3])
+    code, out, err = _main(
+        ["classify", "--dataset", ds.name, "--classes", "cat", "astronaut", "coffee",
+         *TINY, "--pretrained", checkpoint, *FAST_GLOBAL, "--method", "clip",
+         "--device", "cpu", "--embeddings-field", "clip_emb"],
+        capsys,
+    )
+    assert code == 0, err
+    ds.reload()
+    assert isinstance(ds.get_field("clip_emb"), fof.VectorField)
+    embeddings = np.stack(ds.values("clip_emb"))
+    assert embeddings.shape[0] == 3
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)

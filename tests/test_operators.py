@@ -532,3 +532,19 @@ def test_outputs_render(dataset):
         text = json.dumps(prop.to_json())
         if uri == URI:
             assert "Accuracy: 50.0%" in text and "p_error" in text
+
+
+def test_run_operator_stores_embeddings_from_the_advanced_form(dataset, base_params):
+    import numpy as np
+
+    params = dict(base_params, method="clip", label_field="pred", advanced=True,
+                  embeddings_field="pred_emb", skip_failures=False)
+    props = _form(dataset, params)
+    assert "embeddings_field" in props and not props["embeddings_field"].invalid
+    bad = _form(dataset, dict(params, embeddings_field="bad name!"))
+    assert bad["embeddings_field"].invalid
+    _execute(dataset, params)
+    dataset.reload()
+    embeddings = np.stack(dataset.values("pred_emb"))
+    assert embeddings.shape[0] == 3
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)

@@ -293,6 +293,11 @@ def _add_run_args(p) -> None:
     )
     p.add_argument("--run-key", help="run key (default: the label field)")
     p.add_argument(
+        "--embeddings-field",
+        help="also store each image's global embedding in this vector field "
+        "(for FiftyOne Brain's similarity search and embeddings maps)",
+    )
+    p.add_argument(
         "--skip-existing",
         action="store_true",
         help="only samples without a prediction (resume)",
@@ -531,6 +536,7 @@ def _run_kwargs(args) -> dict:
             gt_field=args.gt_field,
             eval_key=args.eval_key,
             run_key=args.run_key,
+            embeddings_field=args.embeddings_field,
         ),
         descriptions_format=args.descriptions_format,
         overwrite=args.overwrite,

@@ -145,6 +145,9 @@ _PARAMS = (
     Param("num_workers", int, None, "Decode workers",
           "Delegated runs only (immediate runs use 0)", min=0, advanced=True),
     Param("run_key", str, None, "Run key", "Default: the label field", advanced=True),
+    Param("embeddings_field", str, None, "Embeddings field (optional)",
+          "Also store each image's global embedding in this vector field, for "
+          "FiftyOne Brain (similarity search, embeddings maps)", advanced=True),
 )
 
 #: name -> param, in form order

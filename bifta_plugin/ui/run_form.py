@@ -353,6 +353,8 @@ def _hidden_options_ready(ctx, inputs, method: str) -> bool:
 def _runtime_error(param, value) -> str | None:
     if param.name == "run_key" and value and not str(value).isidentifier():
         return f"'{value}' is not a valid run key"
+    if param.name == "embeddings_field" and value:
+        return rules.field_name_error(value, "embeddings_field")
     if param.kind is int and param.min is not None and isinstance(value, (int, float)):
         if value < param.min:
             return f"{param.label} must be at least {param.min}"
