@@ -149,7 +149,42 @@ class OutputSpec:
     embeddings_field: str | None = None
 
 
-GROUPS = {"encoder": EncoderSpec, "runtime": RunOptions, "output": OutputSpec}
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a run classifies: whole images (the default) or objects.
+
+    Attributes:
+        patches_field: classify every object of this ``Detections`` field
+            instead of the image: the object's box (padded, clamped to the
+            image) is the image, BiFTA's crops are drawn inside it, keyed by
+            ``(sample id, detection id)``. The results are attributes of each
+            object (see :mod:`~bifta_plugin.sdk.patches`). A ``to_patches()``
+            view sets it (to the view's field) and limits the run to the
+            view's objects.
+        output_patches_field: None writes the results into the objects of
+            ``patches_field`` (in place; their labels unchanged); a name
+            writes them into a new ``Detections`` field that copies the
+            objects (each copy's ``label``/``confidence`` is the prediction,
+            ``source_id``/``source_label`` the object it copies).
+        patch_padding: a relative margin added on each side of a box, as a
+            fraction of its width (left, right) and height (top, bottom).
+        patch_min_size: the smallest patch side in pixels that is
+            classified; a smaller object gets a per-object error and the run
+            goes on.
+    """
+
+    patches_field: str | None = None
+    output_patches_field: str | None = None
+    patch_padding: float = 0.0
+    patch_min_size: int = 8  # engine.regions.DEFAULT_MIN_SIZE (not imported: torch-free here)
+
+
+GROUPS = {
+    "encoder": EncoderSpec,
+    "runtime": RunOptions,
+    "output": OutputSpec,
+    "target": TargetSpec,
+}
 
 
 def option_names(group: type) -> tuple[str, ...]:
@@ -163,7 +198,8 @@ def split_options(flat: Mapping[str, Any]) -> dict:
     Returns:
         ``flat`` with every group attribute (``model_name``, ``batch_size``,
         ``label_field``, ...) moved into ``encoder=EncoderSpec(...)``,
-        ``runtime=RunOptions(...)`` and ``output=OutputSpec(...)``; the other
+        ``runtime=RunOptions(...)``, ``output=OutputSpec(...)`` and
+        ``target=TargetSpec(...)``; the other
         keys (classes, descriptions, method, config overrides) unchanged.
     """
     rest = dict(flat)

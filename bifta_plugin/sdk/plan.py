@@ -25,9 +25,10 @@ import fiftyone.core.media as fomm
 from fiftyone.core.odm.embedded_document import DynamicEmbeddedDocument
 
 from . import labels as bl
+from . import patches as bp
 from . import records as br
 from . import rules
-from .options import OutputSpec, RunOptions
+from .options import OutputSpec, RunOptions, TargetSpec
 from ..core import defaults
 from .shards import check_shard
 from ..core.classnames import validate_classes
@@ -63,6 +64,7 @@ IDENTITY_KEYS = (
     "descriptions_sha256",
     "max_class_fields",
     "top_k",
+    "target",
 )
 
 
@@ -125,6 +127,10 @@ class RunPlan:
         class_fields: class -> ``L_scores`` attribute, or None (``L_topk``).
         overwrite: whether ``deletions`` may be applied.
         deletions: what must be deleted first (see :class:`Deletions`).
+        target: what is classified (images, or the objects of a field:
+            :mod:`.patches`).
+        object_ids: the only objects classified (from a ``to_patches()``
+            view), or None for all.
     """
 
     samples: Any
@@ -139,6 +145,12 @@ class RunPlan:
     class_fields: Mapping | None
     overwrite: bool
     deletions: Deletions = field(default_factory=Deletions)
+    target: TargetSpec = TargetSpec()
+    object_ids: frozenset | None = None
+
+    @property
+    def is_patches(self) -> bool:
+        return self.target.patches_field is not None
 
     @property
     def label_field(self) -> str:
@@ -224,6 +236,7 @@ def make_plan(
     descriptions_format: str = defaults.DESCRIPTIONS_FORMAT,
     runtime: RunOptions = RunOptions(),
     output: OutputSpec = OutputSpec(),
+    target: TargetSpec = TargetSpec(),
     overwrite: bool = False,
     config_overrides: Mapping[str, Any] | None = None,
 ) -> RunPlan:
@@ -240,18 +253,28 @@ def make_plan(
     Raises:
         ValueError: a bad argument, or a field no run may replace.
     """
+    samples, target, object_ids = bp.resolve_target(samples, target)
     dataset = _check_collection(samples)
+    shard = getattr(runtime, "shard", None)
+    if target.patches_field is not None and shard is not None and shard[1] > 1:
+        raise ValueError("a patches run (patches_field) cannot be sharded; run it whole")
     config = get_config(method, **dict(config_overrides or {}))
     engine = _check_runtime(runtime)
     _check_int(output.max_class_fields, "max_class_fields", 0)
     _check_int(output.top_k, "top_k", 1)
     classes = resolve_classes(samples, classes, classes_field)
     descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
-    output = _resolve_output(samples, output)
-    fields = _field_plan(
-        output.label_field, config, len(classes), output.max_class_fields, output.embeddings_field
-    )
-    _check_eval_names(output, fields)
+    output = _resolve_output(samples, output, patches=target.patches_field is not None)
+    if target.patches_field is not None:
+        fields = bp.field_plan(target, output.label_field, config.uses_crops, output.embeddings_field)
+        if output.gt_field is not None:
+            bp.check_gt(samples, target, output.gt_field, fields)
+    else:
+        fields = _field_plan(
+            output.label_field, config, len(classes), output.max_class_fields,
+            output.embeddings_field,
+        )
+        _check_eval_names(output, fields)
     class_fields = bl.safe_field_names(classes) if "scores" in fields else None
     plan = RunPlan(
         samples=samples,
@@ -265,6 +288,8 @@ def make_plan(
         fields=dict(fields),
         class_fields=class_fields,
         overwrite=bool(overwrite),
+        target=target,
+        object_ids=object_ids,
     )
     return dataclasses.replace(plan, deletions=existing_conflicts(plan))
 
@@ -282,8 +307,10 @@ def _check_runtime(runtime: RunOptions) -> RuntimeOptions:
     )
 
 
-def _resolve_output(samples, output: OutputSpec) -> OutputSpec:
-    """``output`` checked, with ``run_key`` and ``eval_key`` filled in."""
+def _resolve_output(samples, output: OutputSpec, patches: bool = False) -> OutputSpec:
+    """``output`` checked, with ``run_key`` and ``eval_key`` filled in (a
+    patches run's ``gt_field`` is an attribute of the objects, checked by
+    :func:`.patches.check_gt`)."""
     if not isinstance(output, OutputSpec):
         raise ValueError(f"output must be an OutputSpec; got {type(output).__name__}")
     label_field = rules.check_field_name(output.label_field, "label_field")
@@ -293,7 +320,8 @@ def _resolve_output(samples, output: OutputSpec) -> OutputSpec:
         rules.check_field_name(output.embeddings_field, "embeddings_field")
     eval_key = None
     if output.gt_field is not None:
-        rules.check_classification_field(samples, output.gt_field, "gt_field")
+        if not patches:
+            rules.check_classification_field(samples, output.gt_field, "gt_field")
         eval_key = output.eval_key or f"eval_{run_key}"
         _check_key(eval_key, "eval_key", "pass eval_key=")
     elif output.eval_key is not None:
@@ -397,6 +425,8 @@ def _field_is_compatible(field_, role: str) -> bool:
         return isinstance(field_, fof.StringField)
     if role == "embeddings":
         return isinstance(field_, fof.VectorField)
+    if role in ("patches", "best_crop"):
+        return bp.field_is_compatible(field_, role)
     return (
         isinstance(field_, fof.EmbeddedDocumentField)
         and field_.document_type is ROLE_TYPES[role]
@@ -426,10 +456,12 @@ def existing_conflicts(plan: RunPlan) -> Deletions:
         info = br.get_bifta_run_info(dataset, run_key)
         if info.get("label_field") == plan.label_field:
             own_fields = set((info.get("fields") or {}).values())
-    schema = dataset.get_field_schema()
     for role, name in plan.fields.items():
-        if name in schema and not (name in own_fields and _field_is_compatible(schema[name], role)):
-            found |= _field_conflict(plan, role, name, schema[name])
+        current = dataset.get_field(name)  # nested paths too (a patches run's attributes)
+        if current is not None and not (
+            name in own_fields and _field_is_compatible(current, role)
+        ):
+            found |= _field_conflict(plan, role, name, current)
     return found | _eval_key_conflict(plan)
 
 
@@ -459,9 +491,13 @@ def _eval_key_conflict(plan: RunPlan) -> Deletions:
         return Deletions()
     if dataset.has_evaluation(key):
         config = dataset.get_evaluation_info(key).config
-        own = getattr(config, "pred_field", None) == plan.label_field and getattr(
+        pred, gt = plan.label_field, plan.output.gt_field
+        if plan.is_patches:  # evaluated on the patches view: C.L against C.<gt>
+            c = bp.container(plan.target)
+            pred, gt = f"{c}.{plan.label_field}", f"{c}.{gt}"
+        own = getattr(config, "pred_field", None) == pred and getattr(
             config, "gt_field", None
-        ) == plan.output.gt_field
+        ) == gt
         if own:  # recomputed by the run itself
             return Deletions()
         return Deletions(

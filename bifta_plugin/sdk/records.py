@@ -296,11 +296,12 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
     deleted = []
     if delete_fields:
         dataset = samples._root_dataset
-        schema = dataset.get_field_schema()
         records = RunRecords.load(dataset)
-        for field_name in (info.get("fields") or {}).values():
+        # nested paths (a patches run's attributes) before their containers
+        names = sorted((info.get("fields") or {}).values(), key=lambda n: (-n.count("."), n))
+        for field_name in names:
             others = [k for k in records.runs_for_field(field_name) if k != run_key]
-            if field_name in schema and not others:
+            if dataset.get_field(field_name) is not None and not others:
                 dataset.delete_sample_field(field_name)
                 deleted.append(field_name)
     samples.delete_run(run_key)

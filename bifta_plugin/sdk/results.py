@@ -65,6 +65,9 @@ class RunResult:
         device: where the encoder ran.
         descriptions_kept: per class ``{label, candidates, kept}``: how many
             descriptions BiFTA's refinement kept (description methods only).
+        unit: what the counts count: "samples", or "objects" for a
+            patches run (``num_samples`` is then the objects targeted and
+            ``images_per_s`` objects per second).
         descriptions_report: what loading the descriptions did (classes
             covered, texts, duplicates, unmatched keys, merged keys, texts
             truncated by the tokenizer, generation), as lines; None for
@@ -91,6 +94,7 @@ class RunResult:
     device: str = ""
     descriptions_kept: list | None = None
     descriptions_report: str | None = None
+    unit: str = "samples"
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (failures as ``[id, message]`` lists)."""
@@ -103,13 +107,13 @@ class RunResult:
         parts = [
             f"BiFTA run {self.run_key!r} ({self.method}) -> {self.label_field!r}: "
             f"{self.num_processed} processed, {self.num_skipped} skipped, "
-            f"{self.num_failed} failed of {self.num_samples} samples "
+            f"{self.num_failed} failed of {self.num_samples} {self.unit} "
             f"in {self.elapsed_s:.1f}s ({format_rate(self.images_per_s)}, "
             f"{self.device}, crop mode {self.crop_mode})."
         ]
         if self.accuracy is not None:
             parts.append(
-                f"Accuracy {self.accuracy:.4f} on {self.num_evaluated} samples "
+                f"Accuracy {self.accuracy:.4f} on {self.num_evaluated} {self.unit} "
                 f"(eval key {self.eval_key!r})."
             )
         if self.accuracy_runs_mean is not None:

@@ -55,12 +55,13 @@ from typing import Iterator, Sequence
 import fiftyone.core.utils as fou
 
 from . import lease as bls
+from . import patches as bp
 from . import shards as bsh
 from . import writing as rw
 from ..core import defaults
 from ..core.progress import DONE, ProgressEvent
 from ..engine.pipeline import BiftaClassifier
-from .options import EncoderSpec, OutputSpec, RunOptions
+from .options import EncoderSpec, OutputSpec, RunOptions, TargetSpec
 from .plan import Deletions, RunPlan, existing_conflicts, make_plan, run_identity_conflict
 from .results import DatabaseUnavailableError, RunResult
 
@@ -78,6 +79,7 @@ def iter_bifta(
     encoder: EncoderSpec = EncoderSpec(),
     runtime: RunOptions = RunOptions(),
     output: OutputSpec = OutputSpec(),
+    target: TargetSpec = TargetSpec(),
     overwrite: bool = False,
     **config_overrides,
 ) -> Iterator[ProgressEvent]:
@@ -111,6 +113,9 @@ def iter_bifta(
             (:class:`~.options.RunOptions`).
         output: field names, keys and evaluation
             (:class:`~.options.OutputSpec`).
+        target: whole images (default) or the objects of a Detections
+            field (:class:`~.options.TargetSpec`, :mod:`~.patches`); a
+            ``to_patches()`` view as ``samples`` classifies its objects.
         overwrite: allow deleting what the plan lists in
             :attr:`~.plan.RunPlan.deletions`: existing fields of these names
             that this run key did not write, an existing run with this key
@@ -158,6 +163,7 @@ def iter_bifta(
         descriptions_format=descriptions_format,
         runtime=runtime,
         output=output,
+        target=target,
         overwrite=overwrite,
         config_overrides=config_overrides,
     )
@@ -250,13 +256,21 @@ class _LeasedRun:
             plan, samples=bsh.shard_view(plan.samples, self.lease.index, self.lease.num_shards)
         )
         self.result = result = _new_result(part, classifier, params)
-        ids, paths = rw.samples_to_do(part)
+        if plan.is_patches:
+            objects = bp.list_objects(part, part.samples)
+            result.num_samples = _count_objects(part)
+            todo, unit = len(objects.sources), "objects"
+            batches = bp.iter_batches(part, classifier, result, objects, since=writing_start)
+        else:
+            ids, paths = rw.samples_to_do(part)
+            todo, unit = len(ids), "samples"
+            batches = rw.iter_batches(part, classifier, result, ids, paths, since=writing_start)
         yield ProgressEvent(
-            "setup", 0, len(ids),
-            f"model ready on {result.device}; {len(ids)} of {result.num_samples} samples to do"
+            "setup", 0, todo,
+            f"model ready on {result.device}; {todo} of {result.num_samples} {unit} to do"
             + (f" (shard {self.lease.index}/{self.lease.num_shards})" if self.lease.sharded else ""),
         )
-        for event in rw.iter_batches(part, classifier, result, ids, paths, since=writing_start):
+        for event in batches:
             self.lease.beat(event.done, event.total)  # raises LeaseLostError
             yield event
         final = bsh.complete_shard(self.lease, result)
@@ -392,6 +406,13 @@ def _with_truncation(plan: RunPlan, encoder) -> RunPlan:
     return dataclasses.replace(plan, descriptions=checked)
 
 
+def _count_objects(plan: RunPlan) -> int:
+    """The objects a patches run targets (all, or the patches view's)."""
+    if plan.object_ids is not None:
+        return len(plan.object_ids)
+    return int(plan.samples.count(f"{plan.target.patches_field}.detections"))
+
+
 def _new_result(plan: RunPlan, classifier: BiftaClassifier, params: dict) -> RunResult:
     desc = plan.descriptions
     return RunResult(
@@ -405,4 +426,5 @@ def _new_result(plan: RunPlan, classifier: BiftaClassifier, params: dict) -> Run
         eval_key=plan.output.eval_key,
         descriptions_kept=params["descriptions_kept"] if desc else None,
         descriptions_report=desc.summary() if desc else None,
+        unit="objects" if plan.is_patches else "samples",
     )

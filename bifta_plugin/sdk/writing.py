@@ -21,6 +21,7 @@ with real processes instead of timing luck.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -35,6 +36,7 @@ from fiftyone import ViewField as F
 from .. import __version__
 from . import display as bd
 from . import labels as bl
+from . import patches as bp
 from . import records as br
 from ..core.config import BiftaConfig
 from ..core.progress import ProgressEvent
@@ -94,6 +96,7 @@ def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
         config=plan.config.to_dict(),
         gt_field=out.gt_field,
         eval_key=out.eval_key,
+        target=dataclasses.asdict(plan.target) if plan.is_patches else None,
         package_version=__version__,
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         status="running",
@@ -112,15 +115,18 @@ def prepare_dataset(plan: RunPlan, params: dict) -> None:
             br.delete_bifta_run(dataset, key, delete_fields=True)
         elif dataset.has_run(key):
             dataset.delete_run(key)
-    schema = dataset.get_field_schema()
-    for name in sorted(deletions.fields):
-        if name in schema:
+    for name in sorted(deletions.fields, key=lambda n: (-n.count("."), n)):  # nested first
+        if dataset.get_field(name) is not None:
             dataset.delete_sample_field(name)
     kill_point("deleted")
     # registered first: from here on the record owns the fields, so a
     # process killed while declaring them leaves nothing a rerun refuses
     br.register_bifta_run(dataset, plan.run_key, params, overwrite=True)
     kill_point("registered")
+    if plan.is_patches:
+        bp.declare_fields(dataset, plan.target, plan.fields)
+        kill_point("declared")
+        return
     _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
     registered = dict(params["fields"])
     # <L>_best_crop (marked as BiFTA's in its field info, so a kill before
@@ -404,6 +410,9 @@ def kill_point(boundary: str, n: int = 1) -> None:
 
 
 def evaluate(plan: RunPlan, result: RunResult) -> None:
+    if plan.is_patches:
+        bp.evaluate(plan, result)
+        return
     dataset, key = plan.dataset, plan.output.eval_key
     label, gt = plan.fields["label"], plan.output.gt_field
     view = plan.samples.exists(label).exists(gt)
