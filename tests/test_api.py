@@ -343,11 +343,13 @@ def test_bad_arguments_raise_before_writing(fo_dataset, photos, encoder, kwargs,
     assert _schema_snapshot(ds) == snapshot
 
 
-def test_generated_views_are_refused(fo_dataset, photos, encoder):
+def test_a_patches_view_classifies_its_objects(fo_dataset, photos, encoder):
+    """A to_patches() view is a patches run on its field (tests/test_patches.py)."""
     ds = fo_dataset(photos)
     _run(ds, encoder)
-    with pytest.raises(ValueError, match="generated view"):
-        _run(ds.to_patches("bifta_crops"), encoder, label_field="p")
+    result = _run(ds.to_patches("bifta_crops").limit(5), encoder, label_field="p")
+    assert result.unit == "objects" and result.num_samples == 5
+    assert ds.count("bifta_crops.detections.p") == 5
 
 
 # --- evaluation ------------------------------------------------------------------

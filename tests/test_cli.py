@@ -468,3 +468,28 @@ def test_classify_stores_embeddings(capsys, fo_dataset, sample_images, checkpoin
     embeddings = np.stack(ds.values("clip_emb"))
     assert embeddings.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_classify_objects_of_a_detections_field(capsys, fo_dataset, sample_images, checkpoint):
+    import fiftyone as fo
+
+    ds = fo_dataset()
+    ds.add_samples([
+        fo.Sample(filepath=p, boxes=fo.Detections(detections=[
+            fo.Detection(label=label, bounding_box=[0.2, 0.2, 0.6, 0.6]),
+            fo.Detection(label=label, bounding_box=[0.0, 0.0, 0.01, 0.01]),  # a few pixels
+        ]))
+        for p, label in sample_images[:2]
+    ])
+    code, out, err = _main(
+        ["classify", "--dataset", ds.name, "--classes", "cat", "astronaut",
+         *TINY, "--pretrained", checkpoint, *FAST_GLOBAL, "--method", "clip",
+         "--device", "cpu", "--patches-field", "boxes", "--patch-padding", "0.1",
+         "--label-field", "pred"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "2 processed" in out and "2 failed of 4 objects" in out
+    assert "2 objects failed; see the 'boxes.detections.pred_error' attribute" in err
+    ds.reload()
+    assert ds.count("boxes.detections.pred") == 2

@@ -548,3 +548,26 @@ def test_run_operator_stores_embeddings_from_the_advanced_form(dataset, base_par
     embeddings = np.stack(dataset.values("pred_emb"))
     assert embeddings.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_run_operator_classifies_objects(fo_dataset, sample_images, base_params):
+    import fiftyone as fo
+
+    ds = fo_dataset()
+    ds.add_samples([
+        fo.Sample(filepath=p, objects=fo.Detections(detections=[
+            fo.Detection(label=label, bounding_box=[0.1, 0.1, 0.5, 0.5]),
+            fo.Detection(label=label, bounding_box=[0.5, 0.5, 0.5, 0.5]),
+        ]))
+        for p, label in sample_images[:2]
+    ])
+    params = dict(base_params, method="clip", label_field="pred", advanced=True,
+                  patches_field="objects", output_patches_field="objects_pred",
+                  patch_padding=0.1, skip_failures=False)
+    props = _form(ds, params)
+    assert not props["patches_field"].invalid
+    assert _form(ds, dict(params, patches_field="filepath"))["patches_field"].invalid
+    _execute(ds, params)
+    ds.reload()
+    labels = ds.values("objects_pred.detections.pred.label", unwind=True)
+    assert len(labels) == 4 and set(labels) <= set(CLASSES)

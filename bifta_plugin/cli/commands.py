@@ -39,6 +39,7 @@ from .. import __version__
 from ..core import defaults
 from ..core.config import get_config
 from ..core.methods import descriptions_needed_error, get_method, list_methods
+from ..engine.regions import DEFAULT_MIN_SIZE
 from .demo import DEMO_CPU_CANDIDATES, DEMO_DATASET, cmd_demo
 from .errors import CliError, cli_wording
 from .output import notice as _notice
@@ -292,6 +293,24 @@ def _add_run_args(p) -> None:
         "--eval-key", help="evaluation key (default eval_<run key>)"
     )
     p.add_argument("--run-key", help="run key (default: the label field)")
+    g = p.add_argument_group("object patches (classify the objects of a Detections field)")
+    g.add_argument(
+        "--patches-field",
+        help="classify every object of this Detections field instead of the images",
+    )
+    g.add_argument(
+        "--output-patches-field",
+        help="write into a new Detections field copying the objects (default: "
+        "into the objects of --patches-field)",
+    )
+    g.add_argument(
+        "--patch-padding", type=float, default=0.0,
+        help="relative margin added on each side of a box (fraction of its size)",
+    )
+    g.add_argument(
+        "--patch-min-size", type=int, default=DEFAULT_MIN_SIZE,
+        help="smallest patch side in pixels; smaller objects get an error",
+    )
     p.add_argument(
         "--embeddings-field",
         help="also store each image's global embedding in this vector field "
@@ -456,11 +475,11 @@ def _classify(samples, args, kwargs=None, generate=None) -> int:
         print(result.descriptions_report)
     print(result.summary())
     if result.num_failed:
-        print(
-            f"{result.num_failed} sample(s) failed; see the "
-            f"'{result.label_field}_error' field",
-            file=sys.stderr,
+        where = (
+            f"'{result.fields['error']}' attribute" if result.unit == "objects"
+            else f"'{result.label_field}_error' field"
         )
+        print(f"{result.num_failed} {result.unit} failed; see the {where}", file=sys.stderr)
     return 0
 
 
@@ -468,7 +487,10 @@ def _plan_run(samples, kwargs: dict) -> None:
     """Every check of ``run_bifta(samples, **kwargs)`` that needs no model."""
     from ..sdk.plan import make_plan
 
-    named = ("method", "classes_field", "descriptions_format", "runtime", "output", "overwrite")
+    named = (
+        "method", "classes_field", "descriptions_format", "runtime", "output", "target",
+        "overwrite",
+    )
     rest = {k: v for k, v in kwargs.items() if k not in ("encoder", "classes", "descriptions")}
     make_plan(
         samples,
@@ -511,7 +533,7 @@ def _run_kwargs(args) -> dict:
     """``run_bifta`` keywords from the parsed arguments (the option groups
     of :mod:`bifta_plugin.sdk.options`, whose attribute names the options
     spell)."""
-    from ..sdk.options import EncoderSpec, OutputSpec, RunOptions
+    from ..sdk.options import EncoderSpec, OutputSpec, RunOptions, TargetSpec
 
     kwargs = dict(
         method=args.method,
@@ -537,6 +559,12 @@ def _run_kwargs(args) -> dict:
             eval_key=args.eval_key,
             run_key=args.run_key,
             embeddings_field=args.embeddings_field,
+        ),
+        target=TargetSpec(
+            patches_field=args.patches_field,
+            output_patches_field=args.output_patches_field,
+            patch_padding=args.patch_padding,
+            patch_min_size=args.patch_min_size,
         ),
         descriptions_format=args.descriptions_format,
         overwrite=args.overwrite,

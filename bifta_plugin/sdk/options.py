@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core import defaults
+from ..engine.regions import DEFAULT_MIN_SIZE  # torch-free
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class TargetSpec:
     patches_field: str | None = None
     output_patches_field: str | None = None
     patch_padding: float = 0.0
-    patch_min_size: int = 8  # engine.regions.DEFAULT_MIN_SIZE (not imported: torch-free here)
+    patch_min_size: int = DEFAULT_MIN_SIZE
 
 
 GROUPS = {

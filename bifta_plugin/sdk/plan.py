@@ -346,7 +346,7 @@ def _check_collection(samples):
         )
     if samples._is_generated:
         raise ValueError(
-            "samples is a generated view (patches, frames or clips); run on "
+            "samples is a generated view (frames or clips); run on "
             "the images' dataset or a view of it"
         )
     if samples.media_type != fomm.IMAGE:

@@ -58,6 +58,16 @@ def is_classification_field(field) -> bool:
     )
 
 
+def detections_fields(collection) -> list[str]:
+    """The top-level Detections fields of ``collection``, sorted: the fields
+    a patches run accepts as ``patches_field``."""
+    return sorted(
+        name
+        for name, f in collection.get_field_schema().items()
+        if isinstance(f, fof.EmbeddedDocumentField) and f.document_type is fol.Detections
+    )
+
+
 def classification_fields(collection) -> list[str]:
     """The Classification fields of ``collection`` (dotted paths for nested
     ones, none inside list fields), sorted: exactly the fields

@@ -20,6 +20,7 @@ import fiftyone.operators.types as types
 
 from ..core import defaults
 from ..core.config import BiftaConfig
+from ..engine.regions import DEFAULT_MIN_SIZE
 from . import _common as ui
 
 
@@ -145,6 +146,15 @@ _PARAMS = (
     Param("num_workers", int, None, "Decode workers",
           "Delegated runs only (immediate runs use 0)", min=0, advanced=True),
     Param("run_key", str, None, "Run key", "Default: the label field", advanced=True),
+    Param("patches_field", str, None, "Objects field (optional)",
+          "Classify every object of this Detections field instead of the images; "
+          "the results become attributes of each object", advanced=True),
+    Param("output_patches_field", str, None, "Objects output field",
+          "Write into a new Detections field copying the objects (default: into "
+          "the objects themselves)", advanced=True),
+    Param("patch_padding", float, 0.0, "Object padding",
+          "Relative margin added on each side of a box", min=0, max=10, advanced=True),
+    Param("patch_min_size", int, DEFAULT_MIN_SIZE, "Smallest object side (pixels)", min=1, advanced=True),
     Param("embeddings_field", str, None, "Embeddings field (optional)",
           "Also store each image's global embedding in this vector field, for "
           "FiftyOne Brain (similarity search, embeddings maps)", advanced=True),

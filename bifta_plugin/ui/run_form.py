@@ -331,7 +331,7 @@ def _advanced_inputs(ctx, inputs, method: str) -> bool:
             message = config_error(method, param.name, value)
         else:
             prop = param.declare(inputs)
-            message = _runtime_error(param, value)
+            message = _runtime_error(param, value) or _patches_error(ctx, param, value)
         if message:
             ui.set_invalid(prop, message)
             ready = False
@@ -348,6 +348,15 @@ def _hidden_options_ready(ctx, inputs, method: str) -> bool:
             ui.set_invalid(inputs.get_property("advanced"), message)
             return False
     return True
+
+
+def _patches_error(ctx, param, value) -> str | None:
+    """The objects field must be a Detections field of the dataset."""
+    if param.name != "patches_field" or not value:
+        return None
+    if value not in rules.detections_fields(ctx.dataset):
+        return f"'{value}' is not a Detections field of this dataset"
+    return None
 
 
 def _runtime_error(param, value) -> str | None:
