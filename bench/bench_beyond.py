@@ -96,6 +96,7 @@ def timed_run(ds, encoder, args, **output) -> float:
     from bifta_plugin.sdk.run import run_bifta
 
     target = output.pop("target", None)
+    label_field = output.pop("label_field", "pred")
     kwargs = {} if target is None else {"target": target}
     start = time.perf_counter()
     result = run_bifta(
@@ -103,7 +104,7 @@ def timed_run(ds, encoder, args, **output) -> float:
         method=args.method,
         encoder=EncoderSpec(instance=encoder),
         runtime=RunOptions(batch_size=args.batch_size, num_workers=0),
-        output=OutputSpec("pred", **output),
+        output=OutputSpec(label_field, **output),
         num_candidates=args.views, max_views=args.views,
         progress=False,
         **kwargs,
@@ -139,7 +140,8 @@ def bench_patches(paths, encoder, args) -> dict:
     for _ in range(args.repeats):
         ds = make_dataset(paths, args.objects)
         images.append(timed_run(ds, encoder, args))
-        patches.append(timed_run(ds, encoder, args, target=TargetSpec(patches_field="objects")))
+        patches.append(timed_run(ds, encoder, args, label_field="pred_obj",
+                                 target=TargetSpec(patches_field="objects")))
         ds.delete()
     t_img, t_obj = statistics.median(images), statistics.median(patches)
     num_objects = len(paths) * args.objects

@@ -311,6 +311,13 @@ def _add_run_args(p) -> None:
         "--patch-min-size", type=int, default=DEFAULT_MIN_SIZE,
         help="smallest patch side in pixels; smaller objects get an error",
     )
+    g = p.add_argument_group("video datasets (classify frames into frames.<label field>)")
+    g.add_argument("--frame-step", type=int, default=1,
+                   help="classify frames 1, 1+N, 1+2N, ... of each video")
+    g.add_argument("--existing-frames", action="store_true",
+                   help="classify only the frames already in the dataset")
+    g.add_argument("--clip-field",
+                   help="also write a per-video summary Classification (mean probability, majority)")
     p.add_argument(
         "--embeddings-field",
         help="also store each image's global embedding in this vector field "
@@ -559,12 +566,15 @@ def _run_kwargs(args) -> dict:
             eval_key=args.eval_key,
             run_key=args.run_key,
             embeddings_field=args.embeddings_field,
+            clip_field=args.clip_field,
         ),
         target=TargetSpec(
             patches_field=args.patches_field,
             output_patches_field=args.output_patches_field,
             patch_padding=args.patch_padding,
             patch_min_size=args.patch_min_size,
+            frame_step=args.frame_step,
+            existing_frames=args.existing_frames,
         ),
         descriptions_format=args.descriptions_format,
         overwrite=args.overwrite,

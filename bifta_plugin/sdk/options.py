@@ -139,6 +139,9 @@ class OutputSpec:
             ``VectorField``, for FiftyOne Brain's ``compute_similarity(...,
             embeddings=embeddings_field)`` and ``compute_visualization``;
             None stores none.
+        clip_field: on a video collection, a sample-level Classification
+            summarising each video's frames (mean probability, majority; see
+            :mod:`~bifta_plugin.sdk.frames`).
     """
 
     label_field: str = defaults.LABEL_FIELD
@@ -148,6 +151,7 @@ class OutputSpec:
     gt_field: str | None = None
     eval_key: str | None = None
     embeddings_field: str | None = None
+    clip_field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,12 +176,18 @@ class TargetSpec:
         patch_min_size: the smallest patch side in pixels that is
             classified; a smaller object gets a per-object error and the run
             goes on.
+        frame_step: on a video collection, classify frames 1, 1 + step,
+            1 + 2 step, ... of each video (see :mod:`~bifta_plugin.sdk.frames`).
+        existing_frames: on a video collection, classify only the frames the
+            dataset already holds (``frame_step`` is then ignored).
     """
 
     patches_field: str | None = None
     output_patches_field: str | None = None
     patch_padding: float = 0.0
     patch_min_size: int = DEFAULT_MIN_SIZE
+    frame_step: int = 1
+    existing_frames: bool = False
 
 
 GROUPS = {

@@ -24,6 +24,7 @@ import fiftyone.core.labels as fol
 import fiftyone.core.media as fomm
 from fiftyone.core.odm.embedded_document import DynamicEmbeddedDocument
 
+from . import frames as bf
 from . import labels as bl
 from . import patches as bp
 from . import records as br
@@ -153,6 +154,10 @@ class RunPlan:
         return self.target.patches_field is not None
 
     @property
+    def is_frames(self) -> bool:
+        return "frames." in self.fields.get("label", "")
+
+    @property
     def label_field(self) -> str:
         return self.output.label_field
 
@@ -253,6 +258,8 @@ def make_plan(
     Raises:
         ValueError: a bad argument, or a field no run may replace.
     """
+    if hasattr(samples, "media_type"):
+        bf.check_target(samples, target, output)
     samples, target, object_ids = bp.resolve_target(samples, target)
     dataset = _check_collection(samples)
     shard = getattr(runtime, "shard", None)
@@ -265,7 +272,10 @@ def make_plan(
     classes = resolve_classes(samples, classes, classes_field)
     descs = resolve_descriptions(descriptions, classes, config, descriptions_format)
     output = _resolve_output(samples, output, patches=target.patches_field is not None)
-    if target.patches_field is not None:
+    if bf.is_video(samples):
+        fields = bf.field_plan(output.label_field, config.uses_crops, output)
+        _check_eval_names(output, fields)
+    elif target.patches_field is not None:
         fields = bp.field_plan(target, output.label_field, config.uses_crops, output.embeddings_field)
         if output.gt_field is not None:
             bp.check_gt(samples, target, output.gt_field, fields)
@@ -349,11 +359,11 @@ def _check_collection(samples):
             "samples is a generated view (frames or clips); run on "
             "the images' dataset or a view of it"
         )
-    if samples.media_type != fomm.IMAGE:
+    if samples.media_type not in (fomm.IMAGE, fomm.VIDEO):
         hint = " (use select_group_slices() first)" if samples.media_type == fomm.GROUP else ""
         raise ValueError(
-            f"run_bifta classifies images; this collection's media type is "
-            f"{samples.media_type!r}{hint}"
+            f"run_bifta classifies images and video frames; this collection's media "
+            f"type is {samples.media_type!r}{hint}"
         )
     # len() and count() of a dataset are the collection's metadata count,
     # which reads 0 after a database crash until the collection is
@@ -423,6 +433,8 @@ def _field_plan(
 def _field_is_compatible(field_, role: str) -> bool:
     if role == "error":
         return isinstance(field_, fof.StringField)
+    if role == "clip":
+        return isinstance(field_, fof.EmbeddedDocumentField) and field_.document_type is fol.Classification
     if role == "embeddings":
         return isinstance(field_, fof.VectorField)
     if role in ("patches", "best_crop"):

@@ -302,7 +302,10 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
         for field_name in names:
             others = [k for k in records.runs_for_field(field_name) if k != run_key]
             if dataset.get_field(field_name) is not None and not others:
-                dataset.delete_sample_field(field_name)
+                if field_name.startswith("frames."):
+                    dataset.delete_frame_field(field_name[len("frames."):])
+                else:
+                    dataset.delete_sample_field(field_name)
                 deleted.append(field_name)
     samples.delete_run(run_key)
     bls.delete_idle_state(samples._root_dataset, run_key)

@@ -54,6 +54,7 @@ from typing import Iterator, Sequence
 
 import fiftyone.core.utils as fou
 
+from . import frames as bf
 from . import lease as bls
 from . import patches as bp
 from . import shards as bsh
@@ -256,7 +257,12 @@ class _LeasedRun:
             plan, samples=bsh.shard_view(plan.samples, self.lease.index, self.lease.num_shards)
         )
         self.result = result = _new_result(part, classifier, params)
-        if plan.is_patches:
+        if plan.is_frames:
+            videos, result.num_samples = bf.list_frames(part, part.samples)
+            todo, unit = bf.count_frames(videos), "frames"
+            result.num_skipped = result.num_samples - todo
+            batches = bf.iter_batches(part, classifier, result, videos, since=writing_start)
+        elif plan.is_patches:
             objects = bp.list_objects(part, part.samples)
             result.num_samples = _count_objects(part)
             todo, unit = len(objects.sources), "objects"
@@ -426,5 +432,5 @@ def _new_result(plan: RunPlan, classifier: BiftaClassifier, params: dict) -> Run
         eval_key=plan.output.eval_key,
         descriptions_kept=params["descriptions_kept"] if desc else None,
         descriptions_report=desc.summary() if desc else None,
-        unit="objects" if plan.is_patches else "samples",
+        unit="objects" if plan.is_patches else "frames" if plan.is_frames else "samples",
     )

@@ -35,6 +35,7 @@ from fiftyone import ViewField as F
 
 from .. import __version__
 from . import display as bd
+from . import frames as bf
 from . import labels as bl
 from . import patches as bp
 from . import records as br
@@ -97,6 +98,10 @@ def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
         gt_field=out.gt_field,
         eval_key=out.eval_key,
         target=dataclasses.asdict(plan.target) if plan.is_patches else None,
+        frames=(
+            dict(frame_step=plan.target.frame_step, existing_frames=plan.target.existing_frames)
+            if plan.is_frames else None
+        ),
         package_version=__version__,
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         status="running",
@@ -117,14 +122,17 @@ def prepare_dataset(plan: RunPlan, params: dict) -> None:
             dataset.delete_run(key)
     for name in sorted(deletions.fields, key=lambda n: (-n.count("."), n)):  # nested first
         if dataset.get_field(name) is not None:
-            dataset.delete_sample_field(name)
+            bf.delete_field(dataset, name)
     kill_point("deleted")
     # registered first: from here on the record owns the fields, so a
     # process killed while declaring them leaves nothing a rerun refuses
     br.register_bifta_run(dataset, plan.run_key, params, overwrite=True)
     kill_point("registered")
-    if plan.is_patches:
-        bp.declare_fields(dataset, plan.target, plan.fields)
+    if plan.is_patches or plan.is_frames:
+        if plan.is_patches:
+            bp.declare_fields(dataset, plan.target, plan.fields)
+        else:
+            bf.declare_fields(dataset, plan.fields)
         kill_point("declared")
         return
     _declare_fields(dataset, plan.fields, plan.class_fields, plan.config)
@@ -410,8 +418,8 @@ def kill_point(boundary: str, n: int = 1) -> None:
 
 
 def evaluate(plan: RunPlan, result: RunResult) -> None:
-    if plan.is_patches:
-        bp.evaluate(plan, result)
+    if plan.is_patches or plan.is_frames:
+        (bp if plan.is_patches else bf).evaluate(plan, result)
         return
     dataset, key = plan.dataset, plan.output.eval_key
     label, gt = plan.fields["label"], plan.output.gt_field

@@ -155,6 +155,13 @@ _PARAMS = (
     Param("patch_padding", float, 0.0, "Object padding",
           "Relative margin added on each side of a box", min=0, max=10, advanced=True),
     Param("patch_min_size", int, DEFAULT_MIN_SIZE, "Smallest object side (pixels)", min=1, advanced=True),
+    Param("frame_step", int, 1, "Video: every n-th frame",
+          "On a video dataset, classify frames 1, 1+n, 1+2n, ...", min=1, advanced=True),
+    Param("existing_frames", bool, False, "Video: only the frames in the dataset",
+          advanced=True),
+    Param("clip_field", str, None, "Video: clip summary field (optional)",
+          "A per-video Classification: highest mean probability, majority label",
+          advanced=True),
     Param("embeddings_field", str, None, "Embeddings field (optional)",
           "Also store each image's global embedding in this vector field, for "
           "FiftyOne Brain (similarity search, embeddings maps)", advanced=True),
