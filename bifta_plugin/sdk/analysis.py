@@ -621,21 +621,53 @@ def build_confidence_histogram_by_outcome(
 
 
 # --- fields and runs ---------------------------------------------------------
-def _run_field(info: dict, role: str = "label") -> str | None:
+def view_path(collection, path: str | None) -> str | None:
+    """A run's recorded field path as ``collection`` names it.
+
+    A patches run records ``C.detections.L``: on ``to_patches(C)`` it is
+    ``C.L``; a frames run records ``frames.L``: on ``to_frames()`` it is
+    ``L``. Other paths (and other collections) are unchanged.
+    """
+    if path is None or collection is None:
+        return path
+    patches = getattr(collection, "patches_field", None) if getattr(
+        collection, "_is_patches", False) else None
+    if patches and path.startswith(f"{patches}.detections."):
+        return f"{patches}.{path[len(patches) + len('.detections.'):]}"
+    if getattr(collection, "_is_frames", False) and path.startswith("frames."):
+        return path[len("frames."):]
+    return path
+
+
+def _run_field(info: dict, role: str = "label", collection=None) -> str | None:
     fields = info.get("fields") or {}
     if role == "label":
-        return fields.get("label") or info.get("label_field") or info["key"]
-    return fields.get(role)
+        field = fields.get("label") or info.get("label_field") or info["key"]
+    else:
+        field = fields.get(role)
+    return view_path(collection, field)
+
+
+def _run_gt_field(info: dict, collection=None) -> str | None:
+    """The run's ground truth as ``collection`` names it (a patches run's is
+    an attribute of its objects)."""
+    gt = info.get("gt_field")
+    label = (info.get("fields") or {}).get("label", "")
+    if gt and ".detections." in label:
+        gt = label.rpartition(".")[0] + "." + gt
+    return view_path(collection, gt)
 
 
 def _records(dataset, records: RunRecords | None) -> RunRecords:
-    return RunRecords.load(dataset) if records is None else records
+    if records is not None:
+        return records
+    return RunRecords.load(getattr(dataset, "_root_dataset", dataset))
 
 
-def _run_for_field(records: RunRecords, pred_field: str) -> dict | None:
+def _run_for_field(records: RunRecords, pred_field: str, collection=None) -> dict | None:
     """The newest BiFTA run that wrote ``pred_field`` as its label field."""
     return next(
-        (i for i in reversed(records.infos()) if _run_field(i) == pred_field),
+        (i for i in reversed(records.infos()) if _run_field(i, collection=collection) == pred_field),
         None,
     )
 
@@ -655,7 +687,7 @@ def default_prediction_field(
     fields = classification_fields(dataset)
     latest = records.latest()
     if latest is not None:
-        field = _run_field(records.info(latest))
+        field = _run_field(records.info(latest), collection=dataset)
         if field in fields:
             return field
     for key in reversed(dataset.list_evaluations()):
@@ -678,12 +710,12 @@ def default_gt_field(
     the first other ``fo.Classification`` field; None when there is none."""
     fields = [f for f in classification_fields(dataset) if f != pred_field]
     run = (
-        _run_for_field(_records(dataset, records), pred_field)
+        _run_for_field(_records(dataset, records), pred_field, dataset)
         if pred_field
         else None
     )
-    if run is not None and run.get("gt_field") in fields:
-        return run["gt_field"]
+    if run is not None and _run_gt_field(run, dataset) in fields:
+        return _run_gt_field(run, dataset)
     for key in reversed(dataset.list_evaluations()):
         config = dataset.get_evaluation_info(key).config
         if (
@@ -702,7 +734,7 @@ def get_run_classes(
     """The class list (logit order) of the BiFTA run that wrote
     ``pred_field``, else ``dataset.classes[pred_field]``, else
     ``dataset.default_classes``; None when none is known."""
-    run = _run_for_field(_records(dataset, records), pred_field)
+    run = _run_for_field(_records(dataset, records), pred_field, dataset)
     if run is not None and run.get("classes"):
         return [str(c) for c in run["classes"]]
     if dataset.classes.get(pred_field):
@@ -715,8 +747,8 @@ def get_crops_field(
 ) -> str:
     """The crops field of ``pred_field``: as recorded by its BiFTA run, else
     ``f"{pred_field}_crops"`` (the field contract)."""
-    run = _run_for_field(_records(dataset, records), pred_field)
-    field = _run_field(run, "crops") if run is not None else None
+    run = _run_for_field(_records(dataset, records), pred_field, dataset)
+    field = _run_field(run, "crops", dataset) if run is not None else None
     return field or f"{pred_field}_crops"
 
 

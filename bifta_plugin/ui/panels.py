@@ -189,17 +189,21 @@ class MispredictionsPanel(foo.Panel):
         resolved again, from one run-records snapshot (so a panel load reads
         the records once and other events not at all).
         """
-        state, dataset = ctx.panel.state, ctx.dataset
-        fields = rules.classification_fields(dataset)
+        state = ctx.panel.state
+        # the fields of the collection the metrics are built on: on a
+        # to_patches() / to_frames() view, a patches or frames run's
+        # per-object / per-frame fields are plain Classification fields
+        base = self._base(ctx)
+        fields = rules.classification_fields(base)
         pred, gt = state.get(PRED), state.get(GT)
         records = None
         if pred not in fields:
-            records = RunRecords.load(dataset)
-            pred = analysis.default_prediction_field(dataset, records)
+            records = RunRecords.load(ctx.dataset)
+            pred = analysis.default_prediction_field(base, records)
         if gt != NO_GT and (gt not in fields or gt == pred):
             if records is None:
-                records = RunRecords.load(dataset)
-            gt = analysis.default_gt_field(dataset, pred, records) or NO_GT
+                records = RunRecords.load(ctx.dataset)
+            gt = analysis.default_gt_field(base, pred, records) or NO_GT
         if (pred, gt) != (state.get(PRED), state.get(GT)):
             state.set({PRED: pred, GT: gt})
         return pred, (None if gt == NO_GT else gt)
@@ -501,7 +505,7 @@ class MispredictionsPanel(foo.Panel):
         )
 
     def _render_fields(self, ctx, panel):
-        fields = rules.classification_fields(ctx.dataset)
+        fields = rules.classification_fields(self._base(ctx))
         state = ctx.panel.state
         pred = state.get(PRED)
         row = panel.h_stack("fields", gap=2, align_y="center")
