@@ -5,7 +5,6 @@ model)."""
 import numpy as np
 import pytest
 
-import fiftyone as fo
 import fiftyone.brain as fob
 import fiftyone.core.fields as fof
 

@@ -230,3 +230,10 @@ def test_bad_targets_are_refused_before_writing(ds, target, output, message):
         make_plan(ds, CLASSES, DESCRIPTIONS, method="bifta",
                   output=OutputSpec(**output), target=TargetSpec(**target))
     assert not ds.has_runs
+
+
+def test_the_default_min_size_is_the_engines():
+    from bifta_plugin.core import defaults
+    from bifta_plugin.engine import regions
+
+    assert TargetSpec().patch_min_size == defaults.PATCH_MIN_SIZE == regions.DEFAULT_MIN_SIZE

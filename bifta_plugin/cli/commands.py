@@ -39,7 +39,6 @@ from .. import __version__
 from ..core import defaults
 from ..core.config import get_config
 from ..core.methods import descriptions_needed_error, get_method, list_methods
-from ..engine.regions import DEFAULT_MIN_SIZE
 from .demo import DEMO_CPU_CANDIDATES, DEMO_DATASET, cmd_demo
 from .errors import CliError, cli_wording
 from .output import notice as _notice
@@ -308,7 +307,7 @@ def _add_run_args(p) -> None:
         help="relative margin added on each side of a box (fraction of its size)",
     )
     g.add_argument(
-        "--patch-min-size", type=int, default=DEFAULT_MIN_SIZE,
+        "--patch-min-size", type=int, default=defaults.PATCH_MIN_SIZE,
         help="smallest patch side in pixels; smaller objects get an error",
     )
     g = p.add_argument_group("video datasets (classify frames into frames.<label field>)")

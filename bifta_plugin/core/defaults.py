@@ -22,6 +22,9 @@ DESCRIPTIONS_FORMAT = "auto"
 #: up to this many classes a run writes one score field per class, else top-k
 MAX_CLASS_FIELDS = 100
 TOP_K = 5
+#: smallest object side (pixels) a patches run classifies; the engine's
+#: ``regions.DEFAULT_MIN_SIZE`` (kept here so forms need not import the engine)
+PATCH_MIN_SIZE = 8
 
 #: the accepted values of the string options above
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core import defaults
-from ..engine.regions import DEFAULT_MIN_SIZE  # torch-free
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class TargetSpec:
     patches_field: str | None = None
     output_patches_field: str | None = None
     patch_padding: float = 0.0
-    patch_min_size: int = DEFAULT_MIN_SIZE
+    patch_min_size: int = defaults.PATCH_MIN_SIZE
     frame_step: int = 1
     existing_frames: bool = False
 

@@ -40,7 +40,6 @@ import dataclasses
 import datetime
 from typing import Any, Mapping
 
-import numpy as np
 from bson import ObjectId
 
 import fiftyone.core.fields as fof

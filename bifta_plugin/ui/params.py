@@ -20,7 +20,6 @@ import fiftyone.operators.types as types
 
 from ..core import defaults
 from ..core.config import BiftaConfig
-from ..engine.regions import DEFAULT_MIN_SIZE
 from . import _common as ui
 
 
@@ -154,7 +153,7 @@ _PARAMS = (
           "the objects themselves)", advanced=True),
     Param("patch_padding", float, 0.0, "Object padding",
           "Relative margin added on each side of a box", min=0, max=10, advanced=True),
-    Param("patch_min_size", int, DEFAULT_MIN_SIZE, "Smallest object side (pixels)", min=1, advanced=True),
+    Param("patch_min_size", int, defaults.PATCH_MIN_SIZE, "Smallest object side (pixels)", min=1, advanced=True),
     Param("frame_step", int, 1, "Video: every n-th frame",
           "On a video dataset, classify frames 1, 1+n, 1+2n, ...", min=1, advanced=True),
     Param("existing_frames", bool, False, "Video: only the frames in the dataset",
