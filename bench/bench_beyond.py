@@ -98,6 +98,8 @@ def timed_run(ds, encoder, args, **output) -> float:
     target = output.pop("target", None)
     label_field = output.pop("label_field", "pred")
     kwargs = {} if target is None else {"target": target}
+    views = {} if args.method in ("clip", "ensemble", "descriptions") else dict(
+        num_candidates=args.views, max_views=args.views)
     start = time.perf_counter()
     result = run_bifta(
         ds, CLASSES, ["a photo of a {}."],
@@ -105,8 +107,8 @@ def timed_run(ds, encoder, args, **output) -> float:
         encoder=EncoderSpec(instance=encoder),
         runtime=RunOptions(batch_size=args.batch_size, num_workers=0),
         output=OutputSpec(label_field, **output),
-        num_candidates=args.views, max_views=args.views,
         progress=False,
+        **views,
         **kwargs,
     )
     seconds = time.perf_counter() - start

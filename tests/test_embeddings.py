@@ -183,3 +183,17 @@ def test_brain_similarity_with_the_model_and_a_text_query(fo_dataset, photos, mo
     text = model.embed_prompt("a photo of a cat")
     expected = np.argsort(-(emb @ text), kind="stable")[:4]
     assert view.values("id") == [ds.values("id")[i] for i in expected]
+
+
+@pytest.mark.parametrize("dim", [1, 64, 512])
+def test_embedding_bytes_are_fiftyones_vector_format(dim):
+    import fiftyone.core.utils as fou
+
+    from bifta_plugin.sdk.labels import embedding_bytes
+
+    vector = np.random.default_rng(dim).standard_normal(dim).astype(np.float32)
+    back = fou.deserialize_numpy_array(embedding_bytes(vector))
+    assert back.dtype == np.float32 and back.shape == (dim,)
+    np.testing.assert_array_equal(back, vector)
+    np.testing.assert_array_equal(fof.VectorField().to_python(embedding_bytes(vector)), vector)
+    assert embedding_bytes(None) is None

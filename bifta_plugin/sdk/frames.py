@@ -277,7 +277,7 @@ def _write_frames(plan, sid: str, frame_numbers, outputs, number: int) -> None:
     ops = []
     for n, out in zip(frame_numbers, outputs):
         values = {
-            path[len(FRAMES):]: None if out[role] is None else schema[role].to_mongo(out[role])
+            path[len(FRAMES):]: rw._stored(schema[role], role, out[role])
             for role, path in plan.fields.items()
             if role != "clip"
         }

@@ -30,8 +30,11 @@ both paths store identical labels.
 
 from __future__ import annotations
 
+import functools
+import io
 import re
 import unicodedata
+import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -225,6 +228,28 @@ def embedding_value(pred) -> np.ndarray | None:
     if embedding is None:
         raise ValueError(f"prediction {pred.key!r} carries no embedding")
     return np.asarray(embedding, dtype=np.float32)
+
+
+def embedding_bytes(vector: np.ndarray | None) -> bytes | None:
+    """A float32 [D] vector in the stored form of a ``VectorField``.
+
+    The same bytes format as ``fiftyone.core.utils.serialize_numpy_array``
+    (zlib around an ``.npy`` file), so FiftyOne reads it back, but about ten
+    times cheaper per vector: the ``.npy`` header is built once per length
+    and zlib stores the floats uncompressed (unit vectors barely compress).
+    """
+    if vector is None:
+        return None
+    vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+    return zlib.compress(_npy_header(vector.shape[0]) + vector.tobytes(), 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _npy_header(length: int) -> bytes:
+    with io.BytesIO() as f:
+        np.save(f, np.zeros(length, dtype=np.float32), allow_pickle=False)
+        data = f.getvalue()
+    return data[: len(data) - 4 * length]
 
 
 def prediction_to_documents(

@@ -44,7 +44,6 @@ from bson import ObjectId
 
 import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
-import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from . import labels as bl
@@ -344,7 +343,7 @@ def object_results(pred, names: Mapping, classes) -> dict:
         out[names["best_crop"]] = box
     if "embeddings" in names:
         emb = bl.embedding_value(pred)
-        out[names["embeddings"]] = None if emb is None else fou.serialize_numpy_array(emb)
+        out[names["embeddings"]] = bl.embedding_bytes(emb)
     return out
 
 

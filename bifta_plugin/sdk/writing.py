@@ -311,10 +311,7 @@ def _write_batch(dataset, fields: dict, ids: list, outputs: list, number: int = 
     now = datetime.datetime.utcnow()
     ops = []
     for i, (sid, out) in enumerate(zip(ids, outputs)):
-        values = {
-            name: None if out[role] is None else schema[name].to_mongo(out[role])
-            for role, name in fields.items()
-        }
+        values = {name: _stored(schema[name], role, out[role]) for role, name in fields.items()}
         if best is not None:
             values[best[0]] = best[1][i]
         ops.append(UpdateOne({"_id": ObjectId(sid)}, {"$set": {**values, "last_modified_at": now}}))
@@ -325,6 +322,15 @@ def _write_batch(dataset, fields: dict, ids: list, outputs: list, number: int = 
         kill_point("mid_batch", number)
     dataset._bulk_write(ops, ids=ids)
     kill_point("after_batch", number)
+
+
+def _stored(field_, role: str, value):
+    """A label's stored form (embeddings: :func:`~.labels.embedding_bytes`)."""
+    if value is None:
+        return None
+    if role == "embeddings":
+        return bl.embedding_bytes(value)
+    return field_.to_mongo(value)
 
 
 def _count(result: RunResult, batch, ids) -> int | None:
