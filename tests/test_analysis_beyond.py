@@ -88,3 +88,36 @@ def test_frames_results_in_the_panel_views(fo_dataset, tmp_path, encoder):
     assert len(view) == 4
     cell = _check_report_and_cells(view, fields.pred_field, fields.gt_field)
     assert cell._is_frames  # clicking a cell shows those frames
+
+
+def test_mispredictions_panel_on_a_patches_view(fo_dataset, sample_images, encoder):
+    """The real panel, driven like the App (tests/test_panels.py's Session),
+    with the App on to_patches(C): objects in the matrix, a cell shows patches."""
+    from test_panels import Session, make_panel
+
+    from bifta_plugin.ui import panels
+
+    ds = fo_dataset()
+    ds.add_samples([
+        fo.Sample(filepath=path, objects=fo.Detections(detections=[
+            fo.Detection(label=label, bounding_box=[0.1, 0.1, 0.5, 0.5],
+                         gt=fo.Classification(label=label)),
+            fo.Detection(label="cat", bounding_box=[0.4, 0.4, 0.5, 0.5],
+                         gt=fo.Classification(label="cat")),
+        ]))
+        for path, label in sample_images[:3]
+    ], dynamic=True)
+    _run(ds, encoder, OutputSpec("bifta", gt_field="gt"), patches_field="objects",
+         output_patches_field="pred")
+    patches = ds.to_patches("pred")
+    session = Session(make_panel(panels.MispredictionsPanel), ds, view=patches._serialize())
+    session.event("on_load")
+    state = session.state
+    assert state["fields"] == {"pred_field": "pred.bifta", "gt_field": "pred.gt"}
+    assert state["mode"] == "gt" and state["metrics"]["num_samples"] == 6  # objects
+    preds, truth = patches.values(["pred.bifta.label", "pred.gt.label"])
+    gt, pred = truth[0], preds[0]
+    session.event("on_matrix_click", x=pred, y=gt)
+    view = session.app_set_view()
+    assert view._is_patches
+    assert len(view) == sum(1 for t, p in zip(truth, preds) if (t, p) == (gt, pred))

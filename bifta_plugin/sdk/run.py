@@ -98,7 +98,9 @@ def iter_bifta(
     (failure message or None).
 
     Args:
-        samples: a dataset or view of images.
+        samples: a dataset or view of images; a ``to_patches()`` view (its
+            objects are classified, :mod:`~.patches`); or a video dataset or
+            view (its frames are classified, :mod:`~.frames`).
         classes: class names; or use ``classes_field``.
         descriptions: for the description methods ("descriptions", "wca",
             "bifta"): a file path, a ``{class: [sentences]}`` mapping, a list

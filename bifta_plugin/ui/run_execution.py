@@ -267,8 +267,9 @@ def summary_markdown(results: dict) -> str:
         lines.append(llm.generation_markdown(results["generation"]) + "\n")
     label_field = results.get("label_field", defaults.LABEL_FIELD)
     lines.append(f"**Method:** `{results.get('method')}` -> `{label_field}`")
+    unit = results.get("unit") or "samples"
     for key, label in (
-        ("num_samples", "Samples"),
+        ("num_samples", unit.capitalize()),
         ("num_processed", "Classified"),
         ("num_skipped", "Skipped"),
         ("num_failed", "Failed"),
@@ -287,7 +288,8 @@ def summary_markdown(results: dict) -> str:
         line = refinement_summary(results["descriptions_kept"])
         lines.append(f"- {line[0].upper() + line[1:]}")
     if results.get("num_failed"):
-        lines.append(f"- Failures are in `{label_field}_error`")
+        error = (results.get("fields") or {}).get("error") or f"{label_field}_error"
+        lines.append(f"- Failures are in `{error}`")
     if results.get("descriptions_report"):
         lines.append("\n**Descriptions**\n")
         lines.append("```\n" + results["descriptions_report"] + "\n```")
