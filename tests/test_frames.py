@@ -212,3 +212,11 @@ def test_cli_classifies_frames(capsys, ds, tiny_model_name):
     assert "6 processed" in out and "of 6 frames" in out
     ds.reload()
     assert ds.count("frames.f") == 6 and ds.count("clip") == 2
+
+
+def test_a_frames_view_is_refused(ds, tmp_path):
+    from bifta_plugin.sdk.plan import make_plan
+
+    frames = ds.to_frames(sample_frames=True, max_fps=1, output_dir=str(tmp_path / "frames"))
+    with pytest.raises(ValueError, match="generated view \\(frames or clips\\)"):
+        make_plan(frames, CLASSES, DESCRIPTIONS)

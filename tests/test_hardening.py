@@ -453,15 +453,17 @@ def test_descriptions_record_the_files_sha256_and_absolute_path(
 def test_readme_matches_the_collections_run_bifta_accepts(fo_dataset, sample_images, encoder):
     assert "# or any view" not in README
     sdk_example = README[README.index("## Python SDK"):README.index("`dataset.apply_model`")]
-    assert "patches" in sdk_example and "frames" in sdk_example and "clips" in sdk_example
+    assert "to_patches" in sdk_example and "video" in sdk_example and "clips" in sdk_example
     ds = fo_dataset(sample_images[:2])
     kw = dict(method="clip", encoder=encoder, num_workers=0)
     _sdk_run(ds.limit(1), ["cat", "dog"], **kw)  # a view of the images: fine
     crops = _sdk_run(ds, ["cat", "dog"], method="wca", descriptions={"cat": ["a"], "dog": ["b"]},
                       encoder=encoder, num_workers=0, label_field="w", num_candidates=3)
     assert crops.num_processed == 2
-    with pytest.raises(ValueError, match="patches, frames or clips"):
-        _sdk_run(ds.to_patches("w_crops"), ["cat", "dog"], label_field="p", **kw)
+    # a patches view: its objects are classified (tests/test_patches.py)
+    patches = _sdk_run(ds.to_patches("w_crops").limit(2), ["cat", "dog"], label_field="p", **kw)
+    assert patches.unit == "objects" and patches.num_processed == 2
+    # frames and clips views are refused: tests/test_frames.py
 
 
 # ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from bifta_plugin.core.progress import ProgressEvent
 from bifta_plugin.sdk import records as runs
-from bifta_plugin.sdk.options import EncoderSpec, OutputSpec, RunOptions, split_options
+from bifta_plugin.sdk.options import EncoderSpec, OutputSpec, RunOptions, TargetSpec, split_options
 from bifta_plugin.sdk.plan import make_plan
 from bifta_plugin.sdk.results import RunResult
 from bifta_plugin.sdk.run import iter_bifta, run_bifta
@@ -160,6 +160,7 @@ def test_split_options_groups_flat_params():
         encoder=EncoderSpec(model_name="RN50"),
         runtime=RunOptions(batch_size=4),
         output=OutputSpec(label_field="p"),
+        target=TargetSpec(),
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         kwargs["runtime"].batch_size = 8
