@@ -16,6 +16,9 @@ with ``majority`` (the most frequent frame label), ``majority_fraction`` and
 ``num_frames``. Evaluation: ``gt_field="frames.<field>"``, a frame-level
 Classification field, through ``evaluate_classifications``.
 
+Frame counts come from ``metadata.total_frame_count``, computed (and
+stored) by FiftyOne for videos that lack it.
+
 Crash consistency: each frame is one upsert setting all its fields; a
 video's summary is written after its frames (from what is stored, so a
 resumed video's summary covers every frame); with ``skip_existing`` a frame
