@@ -1,13 +1,12 @@
 """Length-cut text encoding gives the full-context features, faster."""
 
-import time
 
 import open_clip
 import pytest
 import torch
 
 from bifta_plugin.engine import text_tower
-from bifta_plugin.engine.encoders import ClipEncoder, create_encoder
+from bifta_plugin.engine.encoders import create_encoder
 
 TEXTS = [
     "a cat.",
