@@ -71,7 +71,15 @@ def parse_args(argv=None):
     p.add_argument("--descriptions", help="CuPL-style JSON {class: [sentences]}; default: synthetic")
     p.add_argument("--num-classes", type=int, default=20, help="classes when synthetic")
     p.add_argument("--compare-crop-modes", action="store_true")
-    p.add_argument("--repeats", type=int, default=1, help="timed passes per method (best is kept)")
+    p.add_argument("--repeat", "--repeats", type=int, default=1, dest="repeat",
+                   help="timed passes per method; min and median are reported")
+    p.add_argument("--text-batch-size", type=int, default=256)
+    p.add_argument("--no-text-bench", action="store_true", help="skip full-context vs length-cut text timing")
+    p.add_argument("--rss-batch-sizes", type=int, nargs="*", default=[],
+                   help="peak RSS of fresh processes at these batch sizes (and --rss-images)")
+    p.add_argument("--rss-images", type=int, nargs="*", default=None,
+                   help="dataset sizes for the RSS probes (default: --images)")
+    p.add_argument("--probe-rss", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="bench_results.json")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     return p.parse_args(argv)
@@ -101,8 +109,12 @@ def load_classes(args):
         table = json.loads(Path(args.descriptions).read_text())
         return list(table), table
     classes = [f"class {i}" for i in range(args.num_classes)]
-    # ~30 sentences per class, like CuPL files
-    table = {c: [f"A photo of {c} showing detail number {j} of its appearance." for j in range(30)] for c in classes}
+    # ~30 sentences per class of varied length, like CuPL files
+    table = {
+        c: [f"A photo of {c} showing detail number {j} of its appearance" + ", and more" * (j % 7) + "."
+            for j in range(30)]
+        for c in classes
+    }
     return classes, table
 
 
@@ -126,24 +138,45 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_encoder_only(clf: BiftaClassifier, num_views: int, repeats: int) -> float:
-    """Seconds to encode ``num_views`` views already on the device, same chunking."""
+def record_chunks(encoder):
+    """Wrap ``encoder.encode_images`` to record the chunk sizes it is fed;
+    returns (the list, a function that restores the encoder)."""
+    sizes = []
+    real = encoder.encode_images
+
+    def recording(pixels):
+        sizes.append(int(pixels.shape[0]))
+        return real(pixels)
+
+    encoder.encode_images = recording
+    return sizes, lambda: setattr(encoder, "encode_images", real)
+
+
+def time_encoder_only(clf: BiftaClassifier, chunk_sizes: list) -> float:
+    """Seconds to encode the same chunks (same sizes, same order) from
+    tensors already on the device: the pipeline's lower bound."""
     size = clf.plan.size
-    step = clf.view_batch_size()
-    chunk = torch.randn(min(step, num_views), 3, size, size, device=clf.device)
-    clf.encoder.encode_images(chunk[:2])  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        sync(clf.device)
+    chunk = torch.randn(max(chunk_sizes), 3, size, size, device=clf.device)
+    sync(clf.device)
+    start = time.perf_counter()
+    for n in chunk_sizes:
+        clf.encoder.encode_images(chunk[:n])
+    sync(clf.device)
+    return time.perf_counter() - start
+
+
+def time_text(encoder, texts: list, length_cut: bool, batch_size: int) -> float:
+    """Cold text-encoding seconds for ``texts`` on one path."""
+    saved = encoder.length_cut
+    encoder.length_cut = length_cut and saved
+    encoder.clear_text_cache()
+    try:
         start = time.perf_counter()
-        done = 0
-        while done < num_views:
-            n = min(step, num_views - done)
-            clf.encoder.encode_images(chunk[:n])
-            done += n
-        sync(clf.device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        encoder.encode_texts(texts, batch_size=batch_size)
+        return time.perf_counter() - start
+    finally:
+        encoder.length_cut = saved
+        encoder.clear_text_cache()
 
 
 def bench_method(method, encoder, classes, table, paths, args):
@@ -168,26 +201,38 @@ def bench_method(method, encoder, classes, table, paths, args):
     clf.predict(paths[: min(2, len(paths))])  # warm-up (workers, kernels)
     if clf.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(clf.device)
-    best, preds = float("inf"), None
-    for _ in range(args.repeats):
-        sync(clf.device)
-        start = time.perf_counter()
-        preds = clf.predict(paths)
-        sync(clf.device)
-        best = min(best, time.perf_counter() - start)
+    e2e, enc, preds = [], [], None
+    for _ in range(args.repeat):
+        # interleaved in one process: an e2e pass, then the pure encoder on
+        # exactly the chunks that pass encoded, so load swings hit both
+        sizes, restore = record_chunks(clf.encoder)
+        try:
+            sync(clf.device)
+            start = time.perf_counter()
+            preds = clf.predict(paths)
+            sync(clf.device)
+            e2e.append(time.perf_counter() - start)
+        finally:
+            restore()
+        enc.append(time_encoder_only(clf, sizes))
     num_views = sum(1 + len(p.boxes) for p in preds if p.ok)
-    encoder_s = time_encoder_only(clf, num_views, args.repeats)
+    reference_views = 1 + cfg.max_views if cfg.uses_crops else 1
+    ratios = [a / b for a, b in zip(e2e, enc)]
     result = dict(
         method=method,
         crop_mode=clf.crop_mode,
+        text_path=encoder.text_path,
         images=len(paths),
         views=num_views,
         views_per_image=num_views / len(paths),
-        e2e_s=best,
-        encoder_s=encoder_s,
-        ratio=best / encoder_s,
-        images_per_s=len(paths) / best,
-        views_per_s=num_views / best,
+        reference_views_per_image=reference_views,
+        views_needed_over_encoded=num_views / len(paths) / reference_views,
+        repeat=args.repeat,
+        e2e_s=dict(min=min(e2e), median=float(np.median(e2e)), all=e2e),
+        encoder_s=dict(min=min(enc), median=float(np.median(enc)), all=enc),
+        ratio=dict(median=float(np.median(ratios)), min=min(ratios), all=ratios),
+        images_per_s=len(paths) / float(np.median(e2e)),
+        views_per_s=num_views / float(np.median(e2e)),
         text_cold_s=text_cold,
         texts_encoded_cold=texts_cold,
         text_cached_s=text_cached,
@@ -198,6 +243,56 @@ def bench_method(method, encoder, classes, table, paths, args):
     if args.compare_crop_modes and cfg.uses_crops:
         result.update(compare_modes(encoder, classes, table, cfg, runtime, paths))
     return result
+
+
+def bench_text(encoder, table, args) -> dict:
+    """Cold text encoding of every description, full context vs length-cut."""
+    texts = list(dict.fromkeys(t for group in table.values() for t in group))
+    full = [time_text(encoder, texts, False, args.text_batch_size) for _ in range(args.repeat)]
+    cut = [time_text(encoder, texts, True, args.text_batch_size) for _ in range(args.repeat)]
+    return dict(
+        texts=len(texts),
+        text_path=encoder.text_path,
+        full_context_s=float(np.median(full)),
+        length_cut_s=float(np.median(cut)),
+        speedup=float(np.median(full) / np.median(cut)),
+    )
+
+
+def rss_probe(args, batch_size: int, images: int) -> dict:
+    """Peak RSS of a fresh process classifying ``images`` at ``batch_size``
+    (ru_maxrss only grows, so each point needs its own process)."""
+    import subprocess
+
+    cmd = [
+        sys.executable, __file__, "--probe-rss", "--model", args.model, "--pretrained", args.pretrained,
+        "--method", args.method[0], "--images", str(images), "--batch-size", str(batch_size),
+        "--device", args.device, "--crop-mode", args.crop_mode, "--num-classes", str(args.num_classes),
+    ]
+    if args.model_config:
+        cmd += ["--model-config", args.model_config]
+    if args.descriptions:
+        cmd += ["--descriptions", args.descriptions]
+    if args.num_workers is not None:
+        cmd += ["--num-workers", str(args.num_workers)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def probe_rss_main(args) -> None:
+    encoder = create_encoder(args.model, None if args.pretrained.lower() in ("none", "") else args.pretrained,
+                             device=args.device, cache_dir=False)
+    classes, table = load_classes(args)
+    runtime = RuntimeOptions(batch_size=args.batch_size, num_workers=args.num_workers, crop_mode=args.crop_mode)
+    clf = BiftaClassifier(encoder, classes, table, get_config(args.method[0], **overrides(args)), runtime)
+    with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
+        paths = write_images(args.images, Path(tmp))
+        base = peak_rss_mb()
+        for _ in clf.iter_predictions(paths):
+            pass
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if encoder.device.type == "cuda" else None
+    print(json.dumps(dict(batch_size=args.batch_size, images=args.images, rss_before_mb=base,
+                          peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu)))
 
 
 def compare_modes(encoder, classes, table, cfg, runtime, paths):
@@ -238,18 +333,22 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def print_table(results, info):
+def print_table(report):
+    info, results = report["machine"], report["results"]
     print(f"\nmachine: {info['cpu']} x{info['cpu_count']} | device {info['device']}"
           f"{' (' + info['gpu'] + ')' if 'gpu' in info else ''} | {info['precision']} | torch {info['torch']}")
-    print(f"model: {info['model']} pretrained={info['pretrained']}\n")
-    head = ("method", "mode", "imgs", "views/img", "img/s", "views/s", "e2e s", "enc s",
-            "e2e/enc", "text cold s", "text cached s", "RSS MB", "GPU MB", "exact=fast")
+    print(f"model: {info['model']} pretrained={info['pretrained']} | repeat {results[0]['repeat']} "
+          "(times: median [min])\n")
+    head = ("method", "mode", "imgs", "views/img", "ref views/img", "img/s", "views/s", "e2e s",
+            "enc s", "e2e/enc", "text cold s", "text cached s", "RSS MB", "GPU MB", "exact=fast")
     rows = []
     for r in results:
         rows.append((
             r["method"], r["crop_mode"], str(r["images"]), f"{r['views_per_image']:.1f}",
-            f"{r['images_per_s']:.2f}", f"{r['views_per_s']:.1f}", f"{r['e2e_s']:.2f}",
-            f"{r['encoder_s']:.2f}", f"{r['ratio']:.3f}",
+            f"{r['reference_views_per_image']}", f"{r['images_per_s']:.2f}", f"{r['views_per_s']:.1f}",
+            f"{r['e2e_s']['median']:.2f} [{r['e2e_s']['min']:.2f}]",
+            f"{r['encoder_s']['median']:.2f} [{r['encoder_s']['min']:.2f}]",
+            f"{r['ratio']['median']:.3f}",
             f"{r['text_cold_s']:.2f} ({r['texts_encoded_cold']})",
             f"{r['text_cached_s']:.3f} ({r['texts_encoded_cached']})",
             f"{r['peak_rss_mb']:.0f}", "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}",
@@ -260,6 +359,15 @@ def print_table(results, info):
     print("-+-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+    text = report.get("text")
+    if text:
+        print(f"\ntext encoding, {text['texts']} texts cold: full context {text['full_context_s']:.2f} s, "
+              f"length-cut {text['length_cut_s']:.2f} s -> {text['speedup']:.2f}x ({text['text_path']})")
+    for probe in report.get("rss", []):
+        gpu = "" if probe["peak_gpu_mb"] is None else f", peak GPU {probe['peak_gpu_mb']:.0f} MB"
+        print(f"peak RSS, batch_size {probe['batch_size']:>3}, {probe['images']:>4} images: "
+              f"{probe['peak_rss_mb']:.0f} MB ({probe['peak_rss_mb'] - probe['rss_before_mb']:+.0f} MB "
+              f"during the run){gpu}")
 
 
 def main(argv=None):
@@ -268,6 +376,9 @@ def main(argv=None):
         import open_clip
 
         open_clip.add_model_config(args.model_config)
+    if args.probe_rss:
+        probe_rss_main(args)
+        return
     methods = list_methods() if args.method == ["all"] else args.method
     pretrained = None if args.pretrained.lower() in ("none", "random", "") else args.pretrained
     encoder = create_encoder(args.model, pretrained, device=args.device, precision=args.precision,
@@ -276,9 +387,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
         paths = write_images(args.images, Path(tmp))
         results = [bench_method(m, encoder, classes, table, paths, args) for m in methods]
-    info = machine_info(encoder)
-    Path(args.out).write_text(json.dumps(dict(machine=info, args=vars(args), results=results), indent=2))
-    print_table(results, info)
+    report = dict(machine=machine_info(encoder), args=vars(args), results=results)
+    if not args.no_text_bench:
+        report["text"] = bench_text(encoder, table, args)
+    report["rss"] = [
+        rss_probe(args, b, n) for n in (args.rss_images or [args.images]) for b in args.rss_batch_sizes
+    ]
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print_table(report)
     print(f"\nwrote {args.out}")
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bifta_plugin.core.config import get_config
 from bifta_plugin.engine import decode

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..core import defaults
+from . import text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -512,6 +513,10 @@ class ClipEncoder:
         self.logit_scale = float(model.logit_scale.detach().exp().flatten()[0])
         self.num_texts_encoded = 0
         self._text_memory: dict[str, Tensor] = {}
+        # Which text path runs (see engine/text_tower.py); checked once
+        # against the full context on the first texts encoded.
+        self.length_cut, self.text_path = text_tower.cut_support(model, tokenizer)
+        self._length_cut_checked = False
         self.embed_dim = self._find_embed_dim()
         self._text_disk = None
         if cache_dir is not None:
@@ -670,9 +675,7 @@ class ClipEncoder:
             self._merge_from_disk()
             missing = self._missing(texts)
         if missing:
-            for start in range(0, len(missing), batch_size):
-                batch = missing[start : start + batch_size]
-                features = self._encode_text_batch(batch)
+            for batch, features in self._encode_missing(missing, batch_size):
                 self._text_memory.update(zip(batch, features.unbind(0)))
                 self.num_texts_encoded += len(batch)
             self._save_to_disk()
@@ -696,11 +699,53 @@ class ClipEncoder:
         self._text_disk.write(self._text_memory)
 
     def _encode_text_batch(self, texts: list[str]) -> Tensor:
-        """Tensor[N, D] float32, normalised, on CPU; no cache."""
+        """Tensor[N, D] float32, normalised, on CPU; full context, no cache."""
         tokens = self.tokenizer(texts).to(self.device)
         with torch.no_grad(), self._autocast():
             features = self.model.encode_text(tokens)
         return _l2_normalize(features.float()).cpu()
+
+    def _encode_missing(self, texts: list[str], batch_size: int):
+        """Yields ``(texts, Tensor[n, D])`` batches covering ``texts``.
+
+        Length-cut path: texts are bucketed by token length and each batch
+        runs at its longest text; otherwise batches of the full context.
+        """
+        if self.length_cut and not self._length_cut_checked:
+            self._check_length_cut(texts[:4])
+        if not self.length_cut:
+            for start in range(0, len(texts), batch_size):
+                batch = texts[start : start + batch_size]
+                yield batch, self._encode_text_batch(batch)
+            return
+        tokens = self.tokenizer(texts)
+        pool = text_tower._text_parts(self.model)[0]
+        lengths = text_tower.end_positions(tokens, pool["pool"], pool["eos_id"]).tolist()
+        for positions in text_tower.length_buckets(lengths, batch_size):
+            batch_tokens = tokens[positions].to(self.device)
+            with torch.no_grad(), self._autocast():
+                features = text_tower.encode_cut(self.model, batch_tokens)
+            yield [texts[i] for i in positions], _l2_normalize(features.float()).cpu()
+
+    def _check_length_cut(self, texts: list[str]) -> None:
+        """Compare the length-cut features with the full context on a few
+        texts; a mismatch (a tower this code does not know) turns the cut off."""
+        self._length_cut_checked = True
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.no_grad(), self._autocast():
+            full = _l2_normalize(self.model.encode_text(tokens).float())
+            cut = _l2_normalize(text_tower.encode_cut(self.model, tokens).float())
+        diff = float((full - cut).abs().max())
+        tolerance = 1e-4 if self.precision == "fp32" else 2e-2
+        if diff > tolerance:
+            self.length_cut = False
+            self.text_path = (
+                f"{text_tower.FULL}: the length-cut check differed by {diff:.2e} "
+                f"(> {tolerance:g}) on this text tower"
+            )
+            logger.warning("text encoding: %s", self.text_path)
+        else:
+            logger.info("text encoding: %s (check: max difference %.1e)", self.text_path, diff)
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` exceed :attr:`context_length` tokens.

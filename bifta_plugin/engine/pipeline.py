@@ -38,7 +38,7 @@ from ..core.config import BiftaConfig, get_config
 from ..core.defaults import CROP_MODES
 from ..core.classnames import validate_classes
 from ..core.text import TextSide, build_text_side
-from . import regions
+from . import prepare, regions
 from . import workers as worker_life
 from .prepare import CropRule, PreparedView, ViewPreparer
 
@@ -184,30 +184,6 @@ def default_key(source, index: int) -> str:
     return f"#{index}"
 
 
-class _GroupDataset(torch.utils.data.Dataset):
-    """One item per image group (runs in DataLoader workers): decodes the
-    image once and prepares the views of every entry of the group."""
-
-    def __init__(self, groups, sources, keys, preparer):
-        self.groups = groups
-        self.sources = sources
-        self.keys = keys
-        self.preparer = preparer
-
-    def __len__(self):
-        return len(self.groups)
-
-    def __getitem__(self, g):
-        members = self.groups[g]
-        return self.preparer(
-            members, [self.sources[i] for i in members], [self.keys[i] for i in members]
-        )
-
-
-def _flatten(groups: list) -> list:
-    return [item for group in groups for item in group]
-
-
 def _failed(item: PreparedView) -> ImagePrediction:
     return ImagePrediction(
         index=item.index, key=item.key, error=item.error,
@@ -215,47 +191,43 @@ def _failed(item: PreparedView) -> ImagePrediction:
     )
 
 
-def _worker_init(parent_pid: int, _worker_id: int):
-    # A worker must not outlive its parent (kill -9 included).
-    worker_life.die_with_parent(parent_pid)
-    # Workers only decode and resize with PIL; torch threads there would
-    # compete with the encoder for the same cores.
-    torch.set_num_threads(1)
+def worker_side():
+    """The worker-side module (:mod:`.prepare`) under a name any process can
+    import.
 
+    Loaded through FiftyOne's plugin registry, this package is
+    ``fiftyone.plugins.<org>.<name>.bifta_plugin``, a name only the parent
+    process can resolve, so workers started with ``spawn``/``forkserver``
+    could not unpickle the dataset, preparer, collate and init functions.
+    The same module imported as ``bifta_plugin.engine.prepare`` from this
+    package's own folder (put first on ``sys.path``, which spawned workers
+    inherit) unpickles anywhere.
 
-def portable_preparer(preparer: ViewPreparer) -> ViewPreparer:
-    """``preparer`` rebuilt from an importable module, for worker processes.
-
-    Loaded through FiftyOne's plugin registry, this package is not
-    ``bifta_plugin`` but a name only the parent process knows, so a worker
-    started with ``spawn``/``forkserver`` could not unpickle the preparer.
-    The same class from ``bifta_plugin.engine.prepare`` (the package
-    directory's parent put on ``sys.path``, which spawned workers inherit)
-    unpickles anywhere. Under the canonical name already: returned as is.
+    Raises:
+        RuntimeError: another ``bifta_plugin`` is already imported, so the
+            workers would run different code.
     """
-    import dataclasses
     import importlib
     import sys
 
+    from . import prepare
+
     canonical = "bifta_plugin.engine.prepare"
-    if type(preparer).__module__ == canonical:
-        return preparer
+    if prepare.__name__ == canonical:
+        return prepare
     package_dir = Path(__file__).resolve().parents[1]  # .../bifta_plugin
     root = str(package_dir.parent)
-    if root not in sys.path:
-        sys.path.append(root)
+    if "bifta_plugin" not in sys.modules and sys.path[:1] != [root]:
+        sys.path.insert(0, root)
     module = importlib.import_module(canonical)
     found = Path(module.__file__).resolve().parents[1]
     if found != package_dir:
         raise RuntimeError(
-            f"bifta_plugin is importable from {found}, not from this plugin's "
-            f"{package_dir}; decode workers would run other code. Uninstall that "
-            "copy, or run with num_workers=0"
+            f"another bifta_plugin is imported (from {found}), not this plugin's "
+            f"{package_dir}, so decode workers would run other code; run with "
+            "num_workers=0, or use one copy"
         )
-    rule = module.CropRule(**dataclasses.asdict(preparer.rule))
-    return module.ViewPreparer(
-        rule, preparer.plan, preparer.crop_mode, preparer.exif_transpose, preparer.jpeg_draft
-    )
+    return module
 
 
 # ----------------------------------------------------------------------------
@@ -645,22 +617,24 @@ class BiftaClassifier:
             not isinstance(s, (str, os.PathLike, regions.Patch)) for s in sources[:1]
         )
         if workers is None:
-            workers = 0 if in_memory or len(groups) <= self.runtime.batch_size else default_num_workers()
-        workers = worker_life.safe_num_workers(workers, __name__)
-        preparer = self.preparer
-        context = None
-        if workers > 0:
-            context = self.runtime.multiprocessing_context
-            preparer = portable_preparer(preparer)
-        dataset = _GroupDataset(groups, sources, keys, preparer)
+            # A spawned worker re-imports torch (seconds on macOS/Windows):
+            # only worth it for a run of several batches.
+            spawned = (self.runtime.multiprocessing_context or worker_life.start_method()) != "fork"
+            few = len(groups) <= self.runtime.batch_size * (4 if spawned else 1)
+            workers = 0 if in_memory or few else default_num_workers()
+        side = prepare if workers == 0 else worker_side()
+        workers = worker_life.safe_num_workers(
+            workers, side.__name__, self.runtime.multiprocessing_context
+        )
+        dataset = side.GroupDataset(groups, sources, keys, side.ViewPreparer.like(self.preparer))
         return torch.utils.data.DataLoader(
             dataset,
             batch_sampler=regions.batch_groups(groups, self.runtime.batch_size),
             num_workers=workers,
-            collate_fn=_flatten,
+            collate_fn=side.flatten_groups,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers > 0 else None,
-            multiprocessing_context=context,
+            multiprocessing_context=self.runtime.multiprocessing_context if workers > 0 else None,
+            worker_init_fn=functools.partial(side.worker_init, os.getpid()) if workers > 0 else None,
             prefetch_factor=2 if workers > 0 else None,
             persistent_workers=False,
             # a worker that cannot start (or hangs) raises instead of
@@ -679,6 +653,7 @@ class BiftaClassifier:
             device=str(self.device),
             precision=self.encoder.precision,
             crop_mode=self.crop_mode,
+            text_encoding=getattr(self.encoder, "text_path", None),
             logit_scale=float(self.encoder.logit_scale),
             descriptions_kept=self.text.refinement_report(),
         )

@@ -26,6 +26,7 @@ from ..core import boxes as box_ops
 from ..core import crops
 from ..core.config import BiftaConfig
 from . import decode
+from . import workers as worker_life
 from .regions import Patch, PatchError
 
 # Errors that mean "this image cannot be read"; anything else is a bug and
@@ -139,6 +140,22 @@ class ViewPreparer:
     jpeg_draft: bool = False
     _warned: bool = field(default=False, repr=False)
 
+    @classmethod
+    def like(cls, other) -> "ViewPreparer":
+        """A copy of ``other`` (possibly the same class loaded under another
+        module name) as this class."""
+        if type(other) is cls:
+            return other
+        rule = other.rule
+        if type(rule).__name__ == "CropRule" and not isinstance(rule, CropRule):
+            rule = CropRule(**{f: getattr(rule, f) for f in CropRule.__dataclass_fields__})
+        plan = other.plan
+        if not isinstance(plan, crops.PreprocessPlan):
+            plan = crops.PreprocessPlan(
+                **{f: getattr(plan, f) for f in crops.PreprocessPlan.__dataclass_fields__}
+            )
+        return cls(rule, plan, other.crop_mode, other.exif_transpose, other.jpeg_draft)
+
     def __call__(self, indices: list, sources: list, keys: list) -> list[PreparedView]:
         first = sources[0]
         is_patch = isinstance(first, Patch)
@@ -194,6 +211,40 @@ class ViewPreparer:
         item.source = torch.from_numpy(np.ascontiguousarray(source))
         item.view_boxes = all_boxes * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
         return item
+
+
+class GroupDataset(torch.utils.data.Dataset):
+    """One item per image group: decodes the image once and prepares the
+    views of every entry of the group (runs in DataLoader workers)."""
+
+    def __init__(self, groups: list, sources: list, keys: list, preparer: ViewPreparer):
+        self.groups = groups
+        self.sources = sources
+        self.keys = keys
+        self.preparer = preparer
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, g):
+        members = self.groups[g]
+        return self.preparer(
+            members, [self.sources[i] for i in members], [self.keys[i] for i in members]
+        )
+
+
+def flatten_groups(groups: list) -> list:
+    """The DataLoader's collate: a batch of groups -> one list of entries."""
+    return [item for group in groups for item in group]
+
+
+def worker_init(parent_pid: int, _worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``."""
+    # A worker must not outlive the process that started it (kill -9 included).
+    worker_life.die_with_parent(parent_pid)
+    # Workers only decode and resize with PIL; torch threads there would
+    # compete with the encoder for the same cores.
+    torch.set_num_threads(1)
 
 
 def _name(source) -> str:

@@ -5,9 +5,11 @@ started them, and a worker that cannot start is an error, not a hang.
   kernel SIGKILLs the worker when its parent dies (``PR_SET_PDEATHSIG``),
   ``kill -9`` included; elsewhere a daemon thread polls the parent pid.
 - :func:`safe_num_workers`: under the ``spawn``/``forkserver`` start
-  methods a worker re-imports the pipeline by its module name; FiftyOne
-  imports plugins under a package name no other process can import, so
-  there the default is 0 workers (decoding in the calling process).
+  methods a worker re-imports the worker-side module by its name; the
+  pipeline hands workers ``bifta_plugin.engine.prepare`` (importable
+  whatever name FiftyOne's plugin registry gave the package), and falls
+  back to 0 workers (decoding in the calling process) only if that name
+  cannot be imported.
 - :data:`WORKER_TIMEOUT_S`: the DataLoader's ``timeout``, the longest wait
   for one batch from the workers, so a worker stuck at start-up raises.
 """
@@ -33,12 +35,30 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Make this process exit when ``parent_pid`` (its parent) dies."""
-    if sys.platform.startswith("linux") and _set_pdeathsig():
+    """Make this process exit when ``parent_pid`` (the process that asked
+    for it) dies.
+
+    Forked and spawned workers are children of ``parent_pid``; under
+    ``forkserver`` they are children of the fork server, so the pid is
+    polled instead.
+    """
+    if os.getppid() == parent_pid and sys.platform.startswith("linux") and _set_pdeathsig():
         if os.getppid() != parent_pid:  # the parent died before prctl
             os._exit(1)
         return
+    if not _alive(parent_pid):
+        os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _set_pdeathsig() -> bool:
@@ -52,7 +72,8 @@ def _set_pdeathsig() -> bool:
 
 
 def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
-    while os.getppid() == parent_pid:
+    direct = os.getppid() == parent_pid
+    while (os.getppid() == parent_pid) if direct else _alive(parent_pid):
         time.sleep(interval_s)
     os._exit(1)
 
@@ -78,15 +99,15 @@ def importable_by_name(module_name: str) -> bool:
     return True
 
 
-def safe_num_workers(requested: int, module_name: str) -> int:
+def safe_num_workers(requested: int, module_name: str, context: str | None = None) -> int:
     """``requested`` workers, or 0 where they could not start: under a
-    start method that re-imports ``module_name`` when it is not importable
-    by that name (a plugin loaded by FiftyOne in a spawned delegated
-    process)."""
-    if requested == 0 or start_method() == "fork" or importable_by_name(module_name):
+    start method that re-imports ``module_name`` (``context``, or the
+    process default) when it is not importable by that name."""
+    method = context or start_method()
+    if requested == 0 or method == "fork" or importable_by_name(module_name):
         return requested
     logger.info(
         "decoding in the main process: DataLoader workers start with %r and "
-        "could not import %s", start_method(), module_name,
+        "could not import %s", method, module_name,
     )
     return 0

@@ -69,6 +69,7 @@ def run_params(plan: RunPlan, classifier: BiftaClassifier) -> dict:
         device=about["device"],
         precision=about["precision"],
         crop_mode=about["crop_mode"],
+        text_encoding=about["text_encoding"],
         logit_scale=about["logit_scale"],
         runtime=dict(
             batch_size=runtime.batch_size,
