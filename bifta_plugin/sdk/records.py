@@ -46,6 +46,7 @@ import logging
 from typing import Any
 
 from . import lease as bls
+from .display import drop_empty_groups
 from ..core.config import BiftaConfig, config_from_dict
 
 logger = logging.getLogger(__name__)
@@ -305,6 +306,7 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
                 deleted.append(field_name)
     samples.delete_run(run_key)
     bls.delete_idle_state(samples._root_dataset, run_key)
+    drop_empty_groups(samples._root_dataset, deleted)
     return deleted
 
 

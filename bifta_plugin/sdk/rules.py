@@ -23,6 +23,7 @@ from typing import Any
 
 import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
+from fiftyone import ViewField as F
 
 # A new top-level field: letters, digits and underscores, starting with a
 # letter. Stricter than MongoDB needs ("-" and spaces are legal there) but
@@ -108,3 +109,18 @@ def field_classes(samples, field: str) -> list[str]:
     if not classes:
         raise ValueError(f"classes_field {field!r} has no labels in dataset {dataset.name!r}")
     return classes
+
+
+def done_expression(fields: dict):
+    """A ``ViewExpression``: the sample holds a complete result of a run
+    writing ``fields`` (role -> name): an error, or every other field.
+
+    A sample with a label but no crops or scores (written by an older
+    version field by field, and cut short) is not done: it is redone.
+    """
+    error = F(fields["error"]) != None  # noqa: E711
+    written = [F(name) != None for role, name in fields.items() if role != "error"]  # noqa: E711
+    complete = written[0]
+    for expr in written[1:]:
+        complete = complete & expr
+    return error | complete
