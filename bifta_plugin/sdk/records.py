@@ -223,6 +223,30 @@ def bifta_runs_for_field(samples, field_name: str) -> list[str]:
     return RunRecords.load(samples).runs_for_field(field_name)
 
 
+def runs_signature(samples) -> str:
+    """A fingerprint of the dataset's BiFTA runs that changes when a run is
+    added, deleted, re-registered or changes status: each run's key, id and
+    ``status``, read straight from the database (two small queries, no run
+    record loaded, nothing cached by this process), so that a panel can
+    poll it cheaply for runs written by other processes.
+    """
+    import fiftyone.core.odm.database as food
+
+    dataset = samples._root_dataset
+    db = food.get_db_conn()
+    doc = db.datasets.find_one({"_id": dataset._doc.id}, {"runs": 1}) or {}
+    keys = {run_id: key for key, run_id in (doc.get("runs") or {}).items()}
+    found = db.runs.find(
+        {"_id": {"$in": list(keys)}, "config.run_type": RUN_TYPE},
+        {"config.status": 1},
+    )
+    rows = sorted(
+        (keys[d["_id"]], str(d["_id"]), str((d.get("config") or {}).get("status")))
+        for d in found
+    )
+    return json.dumps(rows)
+
+
 # ----------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------

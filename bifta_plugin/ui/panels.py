@@ -6,7 +6,10 @@
   buttons for all / confident mistakes, uncertain predictions and reset, and
   tagging of the current view for review. Without ground truth: a confidence
   histogram (click a bin: its samples) and the low-confidence / uncertain
-  buttons.
+  buttons. Below, the run list (date, model, method, accuracy, newest first;
+  a row's action switches the panel to that run); a timer checks every
+  ``POLL_MS`` for runs written elsewhere (the SDK, another tab, a delegated
+  worker) and offers the new one in a notice, without touching the view.
 - ``bifta_explanation`` (modal): for the current sample, predicted class vs
   runner-up, the best-matching description and the top crops, which it shows
   on the image (active fields ``L`` and ``L_crops``).
@@ -36,7 +39,8 @@ import fiftyone.server.view as fosv
 
 from ..sdk import analysis, rules
 from ..sdk.accept import accept_labels
-from ..sdk.records import RunRecords
+from ..sdk.records import RunRecords, runs_signature
+from ..sdk.summaries import run_list_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,11 @@ MIN_BAR = 0.02
 ZERO_COLOR = "#d32f2f"
 #: crop thumbnails shown in the explanation panel
 MAX_THUMBNAILS = 3
+#: rows of the run list (newest first)
+MAX_RUN_ROWS = 6
+#: how often an open panel checks for runs written elsewhere (ms): one
+#: fingerprint query of the run records (``runs_signature``) per tick
+POLL_MS = 4000
 
 #: plot colour (the App's accent orange); empty heatmap cells are dark grey
 ACCENT = "#ff6d04"
@@ -310,7 +319,75 @@ class MispredictionsPanel(foo.Panel):
         state.set({k: v for k, v in defaults.items() if state.get(k) is None})
         stages = _app_stages(ctx)
         _remember_views(ctx, base=stages, own=stages, showing=None)
+        self._load_runs(ctx)
         self._refresh(ctx)
+
+    # --- runs ---------------------------------------------------------------
+    def _load_runs(self, ctx, records=None, signature=None):
+        """Keeps the run list (newest first), the run keys and their
+        fingerprint in the panel state; clears the new-run notice."""
+        if signature is None:  # first: a run added meanwhile shows next tick
+            signature = runs_signature(ctx.dataset)
+        records = records or RunRecords.load(ctx.dataset)
+        rows = run_list_rows(records.infos())
+        ctx.panel.state.set(
+            {
+                "runs": rows[:MAX_RUN_ROWS],
+                "num_runs": len(rows),
+                "run_keys": records.keys,
+                "runs_signature": signature,
+                "new_run": None,
+            }
+        )
+
+    def on_poll(self, ctx):
+        """Timer tick: a run added, deleted or finished elsewhere updates the
+        run list; a new one is offered in a notice (the user's view, fields
+        and metrics stay as they are until they switch)."""
+        state = ctx.panel.state
+        signature = runs_signature(ctx.dataset)
+        if signature == state.get("runs_signature"):
+            return
+        known = set(state.get("run_keys") or [])
+        offered = state.get("new_run")
+        records = RunRecords.load(ctx.dataset)
+        self._load_runs(ctx, records, signature)
+        if state.get("mode") in (None, "empty"):
+            self._refresh(ctx)  # nothing to keep: show the new run at once
+            return
+        latest = records.latest()
+        if latest is not None and latest not in known:
+            offered = next(r for r in state.get("runs") if r["key"] == latest)
+        if offered is not None and offered["key"] in records:
+            state.set("new_run", offered)
+
+    def _switch_to_run(self, ctx, row: dict):
+        """The panel shows ``row``'s run: its label field, against its
+        ground truth (if it had one and it still exists)."""
+        fields = rules.classification_fields(ctx.dataset)
+        if row.get("label_field") not in fields:
+            ctx.ops.notify(
+                f"Run '{row.get('key')}' has no Classification field "
+                f"'{row.get('label_field')}' (yet)",
+                variant="warning",
+            )
+            return
+        gt = row.get("gt_field")
+        ctx.panel.state.set(
+            {PRED: row["label_field"], GT: gt if gt in fields else None, "new_run": None}
+        )
+        self._refresh(ctx)
+
+    def switch_to_new_run(self, ctx):
+        row = ctx.panel.state.get("new_run")
+        if row:
+            self._switch_to_run(ctx, row)
+
+    def on_run_action(self, ctx):
+        rows = ctx.panel.state.get("runs") or []
+        index = ctx.params.get("row")
+        if isinstance(index, int) and 0 <= index < len(rows):
+            self._switch_to_run(ctx, rows[index])
 
     def on_change_view(self, ctx):
         """Re-bases the metrics only on a view the user built: sidebar
@@ -482,6 +559,10 @@ class MispredictionsPanel(foo.Panel):
         if state.mode is None:  # before on_load has answered
             panel.md("Loading the predictions...", name="loading")
             return types.Property(panel, view=types.GridView())
+        panel.view(
+            "run_watch",
+            types.TimerView(interval=POLL_MS, on_interval=self.on_poll),
+        )
         if state.mode == "empty" or state.get(PRED) is None:
             panel.md(
                 "No `Classification` field on this dataset yet: run "
@@ -489,6 +570,7 @@ class MispredictionsPanel(foo.Panel):
                 name="empty",
             )
             return types.Property(panel, view=types.GridView())
+        self._render_new_run(ctx, panel)
         self._render_fields(ctx, panel)
         panel.md(_summary_markdown(state), name="summary")
         if state.mode == "gt":
@@ -496,9 +578,54 @@ class MispredictionsPanel(foo.Panel):
         else:
             self._render_no_gt(ctx, panel)
         self._render_tagging(ctx, panel)
+        self._render_runs(ctx, panel)
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2)
         )
+
+    def _render_new_run(self, ctx, panel):
+        row = ctx.panel.state.get("new_run")
+        if not row:
+            return
+        notice = panel.h_stack("new_run", gap=2, align_y="center")
+        notice.md(
+            f"**New run available:** `{row['key']}` ({row['method']}, "
+            f"{row['model']}, {row['status']}) -> `{row['label_field']}`",
+            name="new_run_text",
+        )
+        notice.btn(
+            "switch_to_new_run",
+            label="Switch to it",
+            icon="sync",
+            on_click=self.switch_to_new_run,
+            variant="contained",
+        )
+
+    def _render_runs(self, ctx, panel):
+        state = ctx.panel.state
+        table = types.TableView()
+        for key, label in (
+            ("date", "Date"),
+            ("key", "Run"),
+            ("model", "Model"),
+            ("method", "Method"),
+            ("accuracy", "Accuracy"),
+            ("samples", "Samples"),
+            ("status", "Status"),
+        ):
+            table.add_column(key, label=label)
+        table.add_row_action(
+            "show_run",
+            self.on_run_action,
+            label="Show this run",
+            icon="open_in_browser",
+            tooltip="Switch the panel to this run's predictions",
+        )
+        total, shown = state.get("num_runs") or 0, len(state.get("runs") or [])
+        label = "Runs (newest first)"
+        if total > shown:
+            label += f": {shown} of {total}"
+        panel.list("runs", types.Object(), view=table, label=label)
 
     def _render_fields(self, ctx, panel):
         fields = rules.classification_fields(ctx.dataset)
