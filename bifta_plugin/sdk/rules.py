@@ -118,9 +118,10 @@ def done_expression(fields: dict):
     A sample with a label but no crops or scores (written by an older
     version field by field, and cut short) is not done: it is redone.
     """
-    error = F(fields["error"]) != None  # noqa: E711
     written = [F(name) != None for role, name in fields.items() if role != "error"]  # noqa: E711
     complete = written[0]
     for expr in written[1:]:
         complete = complete & expr
-    return error | complete
+    if "error" not in fields:  # a record without an error field (older runs)
+        return complete
+    return (F(fields["error"]) != None) | complete  # noqa: E711

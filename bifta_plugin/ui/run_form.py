@@ -62,7 +62,7 @@ def _estimate_inputs(ctx, inputs, method: str) -> None:
     if runs and params.get("skip_existing") and not params.get("overwrite"):
         fields = dict(records.info(runs[-1]).get("fields") or {})
         fields.pop("best_crop", None)  # written beside the crops, not checked as done
-        if "label" in fields and "error" in fields:
+        if "label" in fields:
             done = len(target.match(rules.done_expression(fields)))
     model = str(params.get("model_name") or RUN_PARAMS["model_name"].default).strip()
     estimate = estimate_run(
