@@ -8,6 +8,8 @@ accepts is what the CLI and the App's form accept:
   fields that can be ground truth or a source of classes;
 - :func:`field_classes` / :func:`distinct_labels`: the classes a
   Classification field gives;
+- :func:`done_expression`: the samples a run already finished (what
+  ``skip_existing`` skips, and what the form counts before a run);
 - method rules (off-method options, missing descriptions) are in
   :mod:`bifta_plugin.core.methods`; class-list files are read by
   :func:`bifta_plugin.descriptions.files.load_classes`.
