@@ -191,19 +191,20 @@ class MispredictionsPanel(foo.Panel):
         )
 
     # --- state helpers ------------------------------------------------------
-    def _fields(self, ctx):
+    def _fields(self, ctx, records=None):
         """(pred_field, gt_field or None), validated against the schema.
 
         The fields live in the panel state; only a missing or stale one is
-        resolved again, from one run-records snapshot (so a panel load reads
-        the records once and other events not at all).
+        resolved again, from one run-records snapshot (``records``, or one
+        read here: a panel load reads the records once and other events
+        not at all).
         """
         state, dataset = ctx.panel.state, ctx.dataset
         fields = rules.classification_fields(dataset)
         pred, gt = state.get(PRED), state.get(GT)
-        records = None
         if pred not in fields:
-            records = RunRecords.load(dataset)
+            if records is None:
+                records = RunRecords.load(dataset)
             pred = analysis.default_prediction_field(dataset, records)
         if gt != NO_GT and (gt not in fields or gt == pred):
             if records is None:
@@ -231,10 +232,11 @@ class MispredictionsPanel(foo.Panel):
         ctx.ops.set_view(view)
 
     # --- computation --------------------------------------------------------
-    def _refresh(self, ctx, search=None, top_n=None):
+    def _refresh(self, ctx, search=None, top_n=None, records=None):
         """Recomputes everything; ``search`` / ``top_n`` (default: from the
-        state) are the values of an input event."""
-        pred, gt = self._fields(ctx)
+        state) are the values of an input event; ``records``: a run-records
+        snapshot already read by this event."""
+        pred, gt = self._fields(ctx, records)
         state = ctx.panel.state
         if pred is None:
             state.set({"mode": "empty", "metrics": None, "pairs": []})
@@ -319,8 +321,10 @@ class MispredictionsPanel(foo.Panel):
         state.set({k: v for k, v in defaults.items() if state.get(k) is None})
         stages = _app_stages(ctx)
         _remember_views(ctx, base=stages, own=stages, showing=None)
-        self._load_runs(ctx)
-        self._refresh(ctx)
+        signature = runs_signature(ctx.dataset)  # first: see _load_runs
+        records = RunRecords.load(ctx.dataset)
+        self._load_runs(ctx, records, signature)
+        self._refresh(ctx, records=records)
 
     # --- runs ---------------------------------------------------------------
     def _load_runs(self, ctx, records=None, signature=None):
@@ -353,7 +357,8 @@ class MispredictionsPanel(foo.Panel):
         records = RunRecords.load(ctx.dataset)
         self._load_runs(ctx, records, signature)
         if state.get("mode") in (None, "empty"):
-            self._refresh(ctx)  # nothing to keep: show the new run at once
+            # nothing to keep: show the new run at once
+            self._refresh(ctx, records=records)
             return
         latest = records.latest()
         if latest is not None and latest not in known:
