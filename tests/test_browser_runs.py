@@ -284,9 +284,10 @@ def test_filter_survives_a_run_from_the_app(app_server, app_dataset, page, tiny_
         page.keyboard.press("Escape")
         page.locator('[data-cy="sidebar-field-app_run"], [data-cy="app_run-field"]').first.wait_for(
             timeout=LOAD_TIMEOUT)
-        # the App's reload has landed (the new field shows): the filter
-        # is set again (without it the grid stays at all the samples)
-        page.get_by_text(count).first.wait_for(timeout=20_000)
+        # the operation has ended (it sets the filters again after the
+        # App's reload, which clears them): the filter is set
+        page.get_by_text("Executing...").first.wait_for(state="hidden", timeout=60_000)
+        page.get_by_text(count).first.wait_for(timeout=10_000)
         shot(page, "runs_filter_after_run.png")
         assert page.get_by_placeholder("min").first.input_value() == str(minimum)
     except sync_api.TimeoutError:

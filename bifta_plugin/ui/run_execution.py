@@ -253,10 +253,11 @@ def _execute_streaming(ctx, request: RunRequest, secrets):
 
 #: seconds after ``reload_dataset`` at which the user's sidebar filters are
 #: put back. The App reloads its page asynchronously and resets the filters
-#: when the reload lands, and it sends operators no signal of that; setting
-#: the same filters again is harmless, so they are set twice, the second
-#: time for a slow reload.
-FILTER_RESTORE_DELAYS_S = (1.0, 3.0)
+#: when the reload lands, and it sends operators no signal of that (a busy
+#: App with panels open took more than 3 s); setting the same filters again
+#: is harmless, so they are set a few times, the later ones for a slow
+#: reload. A filter the user changes within these seconds is set back.
+FILTER_RESTORE_DELAYS_S = (1.0, 3.0, 6.0, 10.0)
 
 
 def restore_filters(ctx, delays=FILTER_RESTORE_DELAYS_S):
