@@ -32,6 +32,9 @@ from test_browser_annotator import click_button, input_after, shot, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.fiftyone, pytest.mark.slow]
 
+DOCS_IMAGES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images"
+)
 LABELS = ["cat", "astronaut", "coffee", "rocket"]  # _write_images' photo order
 NUM_SAMPLES = 8
 
@@ -226,6 +229,9 @@ def test_panel_run_list_and_a_new_run(app_server, app_dataset, page, tiny_model_
         runs_table = page.locator("table").filter(has_text="zs3")
         runs_table.first.scroll_into_view_if_needed()
         dump(page, "runs_list")
+        if os.environ.get("BIFTA_UPDATE_SCREENSHOTS") == "1":
+            page.wait_for_timeout(500)  # the scroll settles (a picture only)
+            runs_table.first.screenshot(path=os.path.join(DOCS_IMAGES, "run_list.png"))
         rows = runs_table.first.locator("tbody tr")
         assert rows.count() == 2
         assert "zs3" in rows.nth(0).inner_text() and "clip" in rows.nth(0).inner_text()
