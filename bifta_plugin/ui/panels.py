@@ -125,37 +125,55 @@ _UNSET = object()
 
 
 def _remember_views(ctx, base=_UNSET, own=_UNSET, showing=_UNSET) -> None:
-    """Records the panel's base view and its own view (stage lists).
+    """Records the panel's base view and the views the panel itself set.
 
     Kept in panel state for the render, and in FiftyOne's execution store
-    (server side, written before the view change is sent): the App may
-    deliver ``on_change_view`` for a view the panel set before the panel
-    state holding that view has come back to it, and a stale "own view"
-    would make the panel re-base its metrics on its own view.
+    (server side, written before the view change is sent). The App may
+    deliver ``on_change_view`` events late and out of order (under load, an
+    event for the base view can arrive after the panel set its own view), so
+    the panel remembers every view it set since the base changed, each with
+    its description, not only the last one: recognising a view never
+    depends on the order of the events.
+
+    Args:
+        base: the new base stages (forgets the panel's own views).
+        own: stages of a view the panel just set (added to those it set).
+        showing: the description shown for the current view.
     """
+    store = ctx.store(_VIEW_STORE)
     update = {}
+    owned = None
     if base is not _UNSET:
         update["base_view"] = base
+        owned = {}
     if own is not _UNSET:
         update["panel_view"] = own
+        if owned is None:
+            owned = dict(store.get(f"{ctx.panel.id}:owned") or {})
+        owned[_view_key(own)] = showing if showing is not _UNSET else None
     if showing is not _UNSET:
         update["showing"] = showing
     ctx.panel.state.set(update)
-    store = ctx.store(_VIEW_STORE)
     for key in ("base_view", "panel_view"):
         if key in update:
             store.set(f"{ctx.panel.id}:{key}", update[key])
+    if owned is not None:
+        store.set(f"{ctx.panel.id}:owned", owned)
 
 
-def _remembered_views(ctx) -> tuple[list, list]:
-    """(base, own) stage lists: the execution store's, else panel state's."""
+def _remembered_views(ctx) -> tuple[list, list, dict]:
+    """(base stages, last own stages, {view key: description} of every view
+    the panel set since the base changed): the execution store's, else
+    panel state's."""
     store = ctx.store(_VIEW_STORE)
     state = ctx.panel.state
     base = store.get(f"{ctx.panel.id}:base_view")
     own = store.get(f"{ctx.panel.id}:panel_view")
+    owned = store.get(f"{ctx.panel.id}:owned") or {}
     return (
         state.base_view or [] if base is None else base,
         state.panel_view or [] if own is None else own,
+        owned,
     )
 
 
@@ -396,20 +414,23 @@ class MispredictionsPanel(foo.Panel):
 
     def on_change_view(self, ctx):
         """Re-bases the metrics only on a view the user built: sidebar
-        filters, the panel's own views and refinements of them keep the
+        filters, the views the panel set and refinements of them keep the
         base (metrics come from the run's samples, not from a view the
         panel set)."""
         current = _app_stages(ctx)
-        base, own = _remembered_views(ctx)
+        base, _, owned = _remembered_views(ctx)
         if ctx.request_params.get("view_name") is None:
-            if _view_key(current) == _view_key(own) or (
-                own != base and _extends(current, own)
-            ):
-                return  # the panel's own view (maybe refined): keep all
-            if _view_key(current) == _view_key(base):
-                _remember_views(ctx, own=current, showing=None)
+            key = _view_key(current)
+            if key in owned:  # one of the panel's own views: keep all
+                if ctx.panel.state.get("showing") != owned[key]:
+                    ctx.panel.state.set("showing", owned[key])
+                return
+            if key == _view_key(base):
+                ctx.panel.state.set("showing", None)
                 return  # back to the base: nothing to recompute
-        _remember_views(ctx, base=current, own=current, showing=None)
+            if any(_extends(current, json.loads(k)) for k in owned if k != _view_key(base)):
+                return  # a refinement of the panel's own view
+        _remember_views(ctx, base=current, showing=None)
         self._refresh(ctx)
 
     def on_change_dataset(self, ctx):
