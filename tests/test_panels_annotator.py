@@ -156,3 +156,51 @@ def test_no_empty_hint_before_the_first_load(ds):  # noqa: F811
     s.event("render")  # the first render: the state has no mode yet
     out = json.dumps(s.panel.render(s.ctx).to_json())
     assert "Loading" in out and "run_bifta" not in out
+
+
+def _add_run(ds, key, label_field, stamp, accuracy=None):  # noqa: F811
+    """A second prediction field and its run record, as a run written by
+    another process would leave them."""
+    import fiftyone as fo
+    from bifta_plugin.sdk import records as runs
+
+    for sample in ds.iter_samples(autosave=True):
+        sample[label_field] = fo.Classification(label="cat", confidence=0.6)
+    runs.register_bifta_run(ds, key, {
+        "method": "clip", "label_field": label_field, "fields": {"label": label_field},
+        "classes": CLASSES, "gt_field": "ground_truth", "timestamp": stamp,
+        "model_name": "RN50", "status": "completed",
+        "results": {"accuracy": accuracy, "num_samples": len(ds)},
+    })
+
+
+def test_a_new_run_is_offered_then_switched_to(session, ds):  # noqa: F811
+    """A run written elsewhere while the panel is open: the next timer tick
+    lists it and offers it; nothing else changes until "Switch to it"."""
+    metrics = dict(session.state["metrics"])
+    session.event("on_poll")
+    assert session.requests("patch_panel_state") == []  # idle: no writes
+    _add_run(ds, "later", "later_pred", "2999-01-01T00:00:00", accuracy=0.25)
+    session.event("on_poll")
+    assert session.state["new_run"]["key"] == "later"
+    assert [r["key"] for r in session.state["runs"]][0] == "later"
+    assert session.state["runs"][0]["accuracy"] == "25.0%"
+    assert session.state["metrics"] == metrics
+    assert session.state["fields"]["pred_field"] == "bifta"
+    session.event("switch_to_new_run")
+    assert session.state["fields"]["pred_field"] == "later_pred"
+    assert session.state["new_run"] is None
+    assert session.state["metrics"]["num_correct"] == len(
+        ds.match(F("ground_truth.label") == "cat"))
+
+
+def test_run_list_row_switches_the_panel(session, ds):  # noqa: F811
+    _add_run(ds, "other", "other_pred", "1999-01-01T00:00:00")
+    _add_run(ds, "newer", "newer_pred", "2000-01-01T00:00:00")
+    session.event("on_poll")
+    keys = [r["key"] for r in session.state["runs"]]
+    assert keys == ["newer", "other"]  # newest first
+    session.event("on_run_action", row=1)
+    assert session.state["fields"] == {"pred_field": "other_pred", "gt_field": "ground_truth"}
+    session.event("on_run_action", row=0)
+    assert session.state["fields"]["pred_field"] == "newer_pred"

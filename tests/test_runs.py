@@ -132,3 +132,30 @@ def test_update_run(two_runs):
     info = runs.get_bifta_run_info(two_runs, "second")
     assert info["status"] == "interrupted" and info["note"] == {"x": 1}
     assert info["method"] == "clip" and info["classes"] == CLASSES
+
+
+def _group_names(ds):
+    return [g.name for g in ds.app_config.sidebar_groups or []]
+
+
+def test_latest_scores_group_leads_the_sidebar(two_runs):
+    """The latest run's scores group comes right after the tags, expanded;
+    the earlier run's is collapsed; no path is in two groups."""
+    groups = two_runs.app_config.sidebar_groups
+    names = _group_names(two_runs)
+    assert names[:2] == ["tags", "b_scores"], names
+    by_name = {g.name: g for g in groups}
+    assert by_name["b_scores"].expanded is True
+    assert sorted(by_name["b_scores"].paths) == sorted(f"b_scores.{c}" for c in CLASSES)
+    assert by_name["a_scores"].expanded is False
+    paths = [p for g in groups for p in g.paths]
+    assert len(paths) == len(set(paths))
+    assert "labels" in names and "metadata" in names  # FiftyOne's own groups kept
+
+
+def test_deleting_a_run_removes_its_scores_group(two_runs):
+    runs.delete_bifta_run(two_runs, "second")
+    names = _group_names(two_runs)
+    assert "b_scores" not in names and "a_scores" in names
+    assert all(g.paths or g.name in ("metadata", "primitives", "other")
+               for g in two_runs.app_config.sidebar_groups)

@@ -1,4 +1,5 @@
-"""How a run's fields show in the App: only the best crop by default.
+"""How a run's fields show in the App: only the best crop by default, and
+the latest run's scores at the top of the sidebar.
 
 A run with crops also writes ``<L>_best_crop``, a single ``fo.Detection``
 (a copy of the crop labelled ``"best"`` in ``<L>_crops``, with its own id),
@@ -9,6 +10,14 @@ one checkbox away in the sidebar and in the modal. The best-crop field is
 recorded among the run's fields, so deleting the run deletes it. A field of
 that name that BiFTA did not create (its ``info`` lacks the marker) is never
 written: the run then goes without a best-crop field.
+
+The per-class scores (``<L>_scores``, an embedded document) get a sidebar
+group of their own in FiftyOne's defaults, collapsed below the labels. A run
+makes its scores group the App's second group (after the tags), expanded,
+and collapses the scores groups of earlier runs
+(``dataset.app_config.sidebar_groups``; when unset, FiftyOne's default
+groups are written first so that nothing else moves). Deleting a run removes
+its scores group once FiftyOne has taken the deleted fields out of it.
 """
 
 from __future__ import annotations
@@ -74,6 +83,58 @@ def hide_by_default(dataset, hidden: str, show: str | None = None) -> None:
     active.paths = paths
     config.active_fields = active
     dataset.save()
+
+
+def promote_scores_group(dataset, fields: dict, earlier: list[str] = ()) -> None:
+    """Put the run's scores group second in the sidebar, expanded.
+
+    Args:
+        dataset: the run's dataset.
+        fields: the run's ``{role: field name}``; nothing happens without a
+            ``"scores"`` field (a top-k run has none).
+        earlier: scores fields of other BiFTA runs, whose groups are
+            collapsed.
+    """
+    import fiftyone as fo
+
+    name = fields.get("scores")
+    field = dataset.get_field(name) if name else None
+    if field is None or not hasattr(field, "get_field_schema"):
+        return
+    paths = [f"{name}.{sub}" for sub in field.get_field_schema()]
+    config = dataset.app_config
+    groups = list(config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset))
+    kept = []
+    for group in groups:
+        if group.name == name:
+            continue
+        group.paths = [p for p in group.paths if p != name and not p.startswith(name + ".")]
+        if group.name in earlier:
+            group.expanded = False
+        kept.append(group)
+    at = 1 if kept and kept[0].name == "tags" else 0
+    kept.insert(at, fo.SidebarGroupDocument(name=name, paths=paths, expanded=True))
+    config.sidebar_groups = kept
+    dataset.save()
+
+
+def drop_empty_groups(dataset, names) -> list[str]:
+    """Remove the sidebar groups called ``names`` that hold no path any more
+    (FiftyOne strips deleted fields from the groups but keeps the groups).
+
+    Returns:
+        the names of the removed groups.
+    """
+    config = dataset.app_config
+    groups = config.sidebar_groups
+    if not groups:
+        return []
+    names = set(names)
+    gone = [g.name for g in groups if g.name in names and not g.paths]
+    if gone:
+        config.sidebar_groups = [g for g in groups if g.name not in gone]
+        dataset.save()
+    return gone
 
 
 def write_best_crops(dataset, fields: dict, ids: list, outputs: list) -> None:

@@ -46,6 +46,7 @@ import logging
 from typing import Any
 
 from . import lease as bls
+from .display import drop_empty_groups
 from ..core.config import BiftaConfig, config_from_dict
 
 logger = logging.getLogger(__name__)
@@ -222,6 +223,30 @@ def bifta_runs_for_field(samples, field_name: str) -> list[str]:
     return RunRecords.load(samples).runs_for_field(field_name)
 
 
+def runs_signature(samples) -> str:
+    """A fingerprint of the dataset's BiFTA runs that changes when a run is
+    added, deleted, re-registered or changes status: each run's key, id and
+    ``status``, read straight from the database (two small queries, no run
+    record loaded, nothing cached by this process), so that a panel can
+    poll it cheaply for runs written by other processes.
+    """
+    import fiftyone.core.odm.database as food
+
+    dataset = samples._root_dataset
+    db = food.get_db_conn()
+    doc = db.datasets.find_one({"_id": dataset._doc.id}, {"runs": 1}) or {}
+    keys = {run_id: key for key, run_id in (doc.get("runs") or {}).items()}
+    found = db.runs.find(
+        {"_id": {"$in": list(keys)}, "config.run_type": RUN_TYPE},
+        {"config.status": 1},
+    )
+    rows = sorted(
+        (keys[d["_id"]], str(d["_id"]), str((d.get("config") or {}).get("status")))
+        for d in found
+    )
+    return json.dumps(rows)
+
+
 # ----------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------
@@ -309,6 +334,7 @@ def delete_bifta_run(samples, run_key: str, delete_fields: bool = True) -> list[
                 deleted.append(field_name)
     samples.delete_run(run_key)
     bls.delete_idle_state(samples._root_dataset, run_key)
+    drop_empty_groups(samples._root_dataset, deleted)
     return deleted
 
 

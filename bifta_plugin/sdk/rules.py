@@ -8,6 +8,8 @@ accepts is what the CLI and the App's form accept:
   fields that can be ground truth or a source of classes;
 - :func:`field_classes` / :func:`distinct_labels`: the classes a
   Classification field gives;
+- :func:`done_expression`: the samples a run already finished (what
+  ``skip_existing`` skips, and what the form counts before a run);
 - method rules (off-method options, missing descriptions) are in
   :mod:`bifta_plugin.core.methods`; class-list files are read by
   :func:`bifta_plugin.descriptions.files.load_classes`.
@@ -23,6 +25,7 @@ from typing import Any
 
 import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
+from fiftyone import ViewField as F
 
 # A new top-level field: letters, digits and underscores, starting with a
 # letter. Stricter than MongoDB needs ("-" and spaces are legal there) but
@@ -118,3 +121,19 @@ def field_classes(samples, field: str) -> list[str]:
     if not classes:
         raise ValueError(f"classes_field {field!r} has no labels in dataset {dataset.name!r}")
     return classes
+
+
+def done_expression(fields: dict):
+    """A ``ViewExpression``: the sample holds a complete result of a run
+    writing ``fields`` (role -> name): an error, or every other field.
+
+    A sample with a label but no crops or scores (written by an older
+    version field by field, and cut short) is not done: it is redone.
+    """
+    written = [F(name) != None for role, name in fields.items() if role != "error"]  # noqa: E711
+    complete = written[0]
+    for expr in written[1:]:
+        complete = complete & expr
+    if "error" not in fields:  # a record without an error field (older runs)
+        return complete
+    return (F(fields["error"]) != None) | complete  # noqa: E711

@@ -31,7 +31,6 @@ import time
 import numpy as np
 
 import fiftyone.core.fields as fof
-from fiftyone import ViewField as F
 
 from .. import __version__
 from . import display as bd
@@ -44,6 +43,7 @@ from ..core.progress import ProgressEvent
 from ..engine.pipeline import BiftaClassifier
 from .results import MAX_FAILURES_KEPT, DatabaseUnavailableError, RunResult, SampleFailedError
 from .plan import ROLE_TYPES, RunPlan
+from .rules import done_expression
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,12 @@ def prepare_dataset(plan: RunPlan, params: dict) -> None:
     # <L>_best_crop (marked as BiFTA's in its field info, so a kill before
     # the record names it leaves nothing a rerun refuses); crops hidden
     bd.prepare_display(dataset, plan.fields, params)
+    earlier = [
+        info["fields"]["scores"]
+        for info in br.RunRecords.load(dataset).infos()
+        if info["key"] != plan.run_key and "scores" in (info.get("fields") or {})
+    ]
+    bd.promote_scores_group(dataset, plan.fields, earlier)
     if params["fields"] != registered:
         br.update_bifta_run(dataset, plan.run_key, fields=params["fields"])
     kill_point("declared")
@@ -198,21 +204,6 @@ def samples_to_do(plan: RunPlan) -> tuple[list, list]:
     if plan.runtime.skip_existing:
         todo = todo.match(~done_expression(plan.fields))
     return todo.values(["id", "filepath"])
-
-
-def done_expression(fields: dict):
-    """A ``ViewExpression``: the sample holds a complete result of a run
-    writing ``fields`` (role -> name): an error, or every other field.
-
-    A sample with a label but no crops or scores (written by an older
-    version field by field, and cut short) is not done: it is redone.
-    """
-    error = F(fields["error"]) != None  # noqa: E711
-    written = [F(name) != None for role, name in fields.items() if role != "error"]  # noqa: E711
-    complete = written[0]
-    for expr in written[1:]:
-        complete = complete & expr
-    return error | complete
 
 
 def iter_batches(

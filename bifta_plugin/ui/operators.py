@@ -277,17 +277,23 @@ class GetBiftaRunInfo(foo.Operator):
 
     def execute(self, ctx):
         from ..sdk import records as runs
+        from ..sdk.summaries import run_summary_markdown
 
         run_key = ctx.params["run_key"]
         info = runs.get_bifta_run_info(ctx.dataset, run_key)
-        if hasattr(info, "to_dict"):
-            info = info.to_dict()
-        return {"run_key": run_key, "info": run_execution.jsonable(info)}
+        return {
+            "run_key": run_key,
+            "summary_md": run_summary_markdown(info),
+            "info": run_execution.jsonable(info),
+        }
 
     def resolve_output(self, ctx):
+        """A short table (method, model, classes, samples, accuracy, date,
+        duration, fields); the full record stays in the result's ``info``
+        (and ``get_bifta_run_info`` in Python)."""
         outputs = types.Object()
-        outputs.str("run_key", label="Run key")
-        outputs.obj("info", label="Run info", view=types.JSONView())
+        summary = (ctx.results or {}).get("summary_md") or ""
+        outputs.md(summary, name="summary_md")
         return types.Property(outputs, view=types.View(label="BiFTA run info"))
 
 

@@ -6,7 +6,10 @@
   buttons for all / confident mistakes, uncertain predictions and reset, and
   tagging of the current view for review. Without ground truth: a confidence
   histogram (click a bin: its samples) and the low-confidence / uncertain
-  buttons.
+  buttons. Below, the run list (date, model, method, accuracy, newest first;
+  a row's action switches the panel to that run); a timer checks every
+  ``POLL_MS`` for runs written elsewhere (the SDK, another tab, a delegated
+  worker) and offers the new one in a notice, without touching the view.
 - ``bifta_explanation`` (modal): for the current sample, predicted class vs
   runner-up, the best-matching description and the top crops, which it shows
   on the image (active fields ``L`` and ``L_crops``).
@@ -36,7 +39,8 @@ import fiftyone.server.view as fosv
 
 from ..sdk import analysis, rules
 from ..sdk.accept import accept_labels
-from ..sdk.records import RunRecords
+from ..sdk.records import RunRecords, runs_signature
+from ..sdk.summaries import run_list_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,11 @@ MIN_BAR = 0.02
 ZERO_COLOR = "#d32f2f"
 #: crop thumbnails shown in the explanation panel
 MAX_THUMBNAILS = 3
+#: rows of the run list (newest first)
+MAX_RUN_ROWS = 6
+#: how often an open panel checks for runs written elsewhere (ms): one
+#: fingerprint query of the run records (``runs_signature``) per tick
+POLL_MS = 4000
 
 #: plot colour (the App's accent orange); empty heatmap cells are dark grey
 ACCENT = "#ff6d04"
@@ -116,37 +125,55 @@ _UNSET = object()
 
 
 def _remember_views(ctx, base=_UNSET, own=_UNSET, showing=_UNSET) -> None:
-    """Records the panel's base view and its own view (stage lists).
+    """Records the panel's base view and the views the panel itself set.
 
     Kept in panel state for the render, and in FiftyOne's execution store
-    (server side, written before the view change is sent): the App may
-    deliver ``on_change_view`` for a view the panel set before the panel
-    state holding that view has come back to it, and a stale "own view"
-    would make the panel re-base its metrics on its own view.
+    (server side, written before the view change is sent). The App may
+    deliver ``on_change_view`` events late and out of order (under load, an
+    event for the base view can arrive after the panel set its own view), so
+    the panel remembers every view it set since the base changed, each with
+    its description, not only the last one: recognising a view never
+    depends on the order of the events.
+
+    Args:
+        base: the new base stages (forgets the panel's own views).
+        own: stages of a view the panel just set (added to those it set).
+        showing: the description shown for the current view.
     """
+    store = ctx.store(_VIEW_STORE)
     update = {}
+    owned = None
     if base is not _UNSET:
         update["base_view"] = base
+        owned = {}
     if own is not _UNSET:
         update["panel_view"] = own
+        if owned is None:
+            owned = dict(store.get(f"{ctx.panel.id}:owned") or {})
+        owned[_view_key(own)] = showing if showing is not _UNSET else None
     if showing is not _UNSET:
         update["showing"] = showing
     ctx.panel.state.set(update)
-    store = ctx.store(_VIEW_STORE)
     for key in ("base_view", "panel_view"):
         if key in update:
             store.set(f"{ctx.panel.id}:{key}", update[key])
+    if owned is not None:
+        store.set(f"{ctx.panel.id}:owned", owned)
 
 
-def _remembered_views(ctx) -> tuple[list, list]:
-    """(base, own) stage lists: the execution store's, else panel state's."""
+def _remembered_views(ctx) -> tuple[list, list, dict]:
+    """(base stages, last own stages, {view key: description} of every view
+    the panel set since the base changed): the execution store's, else
+    panel state's."""
     store = ctx.store(_VIEW_STORE)
     state = ctx.panel.state
     base = store.get(f"{ctx.panel.id}:base_view")
     own = store.get(f"{ctx.panel.id}:panel_view")
+    owned = store.get(f"{ctx.panel.id}:owned") or {}
     return (
         state.base_view or [] if base is None else base,
         state.panel_view or [] if own is None else own,
+        owned,
     )
 
 
@@ -182,12 +209,13 @@ class MispredictionsPanel(foo.Panel):
         )
 
     # --- state helpers ------------------------------------------------------
-    def _fields(self, ctx):
+    def _fields(self, ctx, records=None):
         """(pred_field, gt_field or None), validated against the schema.
 
         The fields live in the panel state; only a missing or stale one is
-        resolved again, from one run-records snapshot (so a panel load reads
-        the records once and other events not at all).
+        resolved again, from one run-records snapshot (``records``, or one
+        read here: a panel load reads the records once and other events
+        not at all).
         """
         state = ctx.panel.state
         # the fields of the collection the metrics are built on: on a
@@ -196,9 +224,9 @@ class MispredictionsPanel(foo.Panel):
         base = self._base(ctx)
         fields = rules.classification_fields(base)
         pred, gt = state.get(PRED), state.get(GT)
-        records = None
         if pred not in fields:
-            records = RunRecords.load(ctx.dataset)
+            if records is None:
+                records = RunRecords.load(ctx.dataset)
             pred = analysis.default_prediction_field(base, records)
         if gt != NO_GT and (gt not in fields or gt == pred):
             if records is None:
@@ -226,10 +254,11 @@ class MispredictionsPanel(foo.Panel):
         ctx.ops.set_view(view)
 
     # --- computation --------------------------------------------------------
-    def _refresh(self, ctx, search=None, top_n=None):
+    def _refresh(self, ctx, search=None, top_n=None, records=None):
         """Recomputes everything; ``search`` / ``top_n`` (default: from the
-        state) are the values of an input event."""
-        pred, gt = self._fields(ctx)
+        state) are the values of an input event; ``records``: a run-records
+        snapshot already read by this event."""
+        pred, gt = self._fields(ctx, records)
         state = ctx.panel.state
         if pred is None:
             state.set({"mode": "empty", "metrics": None, "pairs": []})
@@ -314,24 +343,98 @@ class MispredictionsPanel(foo.Panel):
         state.set({k: v for k, v in defaults.items() if state.get(k) is None})
         stages = _app_stages(ctx)
         _remember_views(ctx, base=stages, own=stages, showing=None)
+        signature = runs_signature(ctx.dataset)  # first: see _load_runs
+        records = RunRecords.load(ctx.dataset)
+        self._load_runs(ctx, records, signature)
+        self._refresh(ctx, records=records)
+
+    # --- runs ---------------------------------------------------------------
+    def _load_runs(self, ctx, records=None, signature=None):
+        """Keeps the run list (newest first), the run keys and their
+        fingerprint in the panel state; clears the new-run notice."""
+        if signature is None:  # first: a run added meanwhile shows next tick
+            signature = runs_signature(ctx.dataset)
+        records = records or RunRecords.load(ctx.dataset)
+        rows = run_list_rows(records.infos())
+        ctx.panel.state.set(
+            {
+                "runs": rows[:MAX_RUN_ROWS],
+                "num_runs": len(rows),
+                "run_keys": records.keys,
+                "runs_signature": signature,
+                "new_run": None,
+            }
+        )
+
+    def on_poll(self, ctx):
+        """Timer tick: a run added, deleted or finished elsewhere updates the
+        run list; a new one is offered in a notice (the user's view, fields
+        and metrics stay as they are until they switch)."""
+        state = ctx.panel.state
+        signature = runs_signature(ctx.dataset)
+        if signature == state.get("runs_signature"):
+            return
+        known = set(state.get("run_keys") or [])
+        offered = state.get("new_run")
+        records = RunRecords.load(ctx.dataset)
+        self._load_runs(ctx, records, signature)
+        if state.get("mode") in (None, "empty"):
+            # nothing to keep: show the new run at once
+            self._refresh(ctx, records=records)
+            return
+        latest = records.latest()
+        if latest is not None and latest not in known:
+            offered = next(r for r in state.get("runs") if r["key"] == latest)
+        if offered is not None and offered["key"] in records:
+            state.set("new_run", offered)
+
+    def _switch_to_run(self, ctx, row: dict):
+        """The panel shows ``row``'s run: its label field, against its
+        ground truth (if it had one and it still exists)."""
+        fields = rules.classification_fields(ctx.dataset)
+        if row.get("label_field") not in fields:
+            ctx.ops.notify(
+                f"Run '{row.get('key')}' has no Classification field "
+                f"'{row.get('label_field')}' (yet)",
+                variant="warning",
+            )
+            return
+        gt = row.get("gt_field")
+        ctx.panel.state.set(
+            {PRED: row["label_field"], GT: gt if gt in fields else None, "new_run": None}
+        )
         self._refresh(ctx)
+
+    def switch_to_new_run(self, ctx):
+        row = ctx.panel.state.get("new_run")
+        if row:
+            self._switch_to_run(ctx, row)
+
+    def on_run_action(self, ctx):
+        rows = ctx.panel.state.get("runs") or []
+        index = ctx.params.get("row")
+        if isinstance(index, int) and 0 <= index < len(rows):
+            self._switch_to_run(ctx, rows[index])
 
     def on_change_view(self, ctx):
         """Re-bases the metrics only on a view the user built: sidebar
-        filters, the panel's own views and refinements of them keep the
+        filters, the views the panel set and refinements of them keep the
         base (metrics come from the run's samples, not from a view the
         panel set)."""
         current = _app_stages(ctx)
-        base, own = _remembered_views(ctx)
+        base, _, owned = _remembered_views(ctx)
         if ctx.request_params.get("view_name") is None:
-            if _view_key(current) == _view_key(own) or (
-                own != base and _extends(current, own)
-            ):
-                return  # the panel's own view (maybe refined): keep all
-            if _view_key(current) == _view_key(base):
-                _remember_views(ctx, own=current, showing=None)
+            key = _view_key(current)
+            if key in owned:  # one of the panel's own views: keep all
+                if ctx.panel.state.get("showing") != owned[key]:
+                    ctx.panel.state.set("showing", owned[key])
+                return
+            if key == _view_key(base):
+                ctx.panel.state.set("showing", None)
                 return  # back to the base: nothing to recompute
-        _remember_views(ctx, base=current, own=current, showing=None)
+            if any(_extends(current, json.loads(k)) for k in owned if k != _view_key(base)):
+                return  # a refinement of the panel's own view
+        _remember_views(ctx, base=current, showing=None)
         self._refresh(ctx)
 
     def on_change_dataset(self, ctx):
@@ -486,6 +589,10 @@ class MispredictionsPanel(foo.Panel):
         if state.mode is None:  # before on_load has answered
             panel.md("Loading the predictions...", name="loading")
             return types.Property(panel, view=types.GridView())
+        panel.view(
+            "run_watch",
+            types.TimerView(interval=POLL_MS, on_interval=self.on_poll),
+        )
         if state.mode == "empty" or state.get(PRED) is None:
             panel.md(
                 "No `Classification` field on this dataset yet: run "
@@ -493,6 +600,7 @@ class MispredictionsPanel(foo.Panel):
                 name="empty",
             )
             return types.Property(panel, view=types.GridView())
+        self._render_new_run(ctx, panel)
         self._render_fields(ctx, panel)
         panel.md(_summary_markdown(state), name="summary")
         if state.mode == "gt":
@@ -500,9 +608,54 @@ class MispredictionsPanel(foo.Panel):
         else:
             self._render_no_gt(ctx, panel)
         self._render_tagging(ctx, panel)
+        self._render_runs(ctx, panel)
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2)
         )
+
+    def _render_new_run(self, ctx, panel):
+        row = ctx.panel.state.get("new_run")
+        if not row:
+            return
+        notice = panel.h_stack("new_run", gap=2, align_y="center")
+        notice.md(
+            f"**New run available:** `{row['key']}` ({row['method']}, "
+            f"{row['model']}, {row['status']}) -> `{row['label_field']}`",
+            name="new_run_text",
+        )
+        notice.btn(
+            "switch_to_new_run",
+            label="Switch to it",
+            icon="sync",
+            on_click=self.switch_to_new_run,
+            variant="contained",
+        )
+
+    def _render_runs(self, ctx, panel):
+        state = ctx.panel.state
+        table = types.TableView()
+        for key, label in (
+            ("date", "Date"),
+            ("key", "Run"),
+            ("model", "Model"),
+            ("method", "Method"),
+            ("accuracy", "Accuracy"),
+            ("samples", "Samples"),
+            ("status", "Status"),
+        ):
+            table.add_column(key, label=label)
+        table.add_row_action(
+            "show_run",
+            self.on_run_action,
+            label="Show this run",
+            icon="open_in_browser",
+            tooltip="Switch the panel to this run's predictions",
+        )
+        total, shown = state.get("num_runs") or 0, len(state.get("runs") or [])
+        label = "Runs (newest first)"
+        if total > shown:
+            label += f": {shown} of {total}"
+        panel.list("runs", types.Object(), view=table, label=label)
 
     def _render_fields(self, ctx, panel):
         fields = rules.classification_fields(self._base(ctx))

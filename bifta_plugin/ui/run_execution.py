@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import Any, Iterator
 
 import fiftyone.operators.types as types
@@ -247,6 +248,30 @@ def _execute_streaming(ctx, request: RunRequest, secrets):
                 yield ctx.trigger("set_progress", progress_params(event))
     yield ctx.trigger("reload_dataset")
     yield ctx.ops.show_output(summary_outputs(output).to_json(), output)
+    yield from restore_filters(ctx)
+
+
+#: seconds after ``reload_dataset`` at which the user's sidebar filters are
+#: put back. The App reloads its page asynchronously and resets the filters
+#: when the reload lands, and it sends operators no signal of that (a busy
+#: App with panels open took more than 3 s); setting the same filters again
+#: is harmless, so they are set a few times, the later ones for a slow
+#: reload. A filter the user changes within these seconds is set back.
+FILTER_RESTORE_DELAYS_S = (1.0, 3.0, 6.0, 10.0)
+
+
+def restore_filters(ctx, delays=FILTER_RESTORE_DELAYS_S):
+    """After ``reload_dataset``: the sidebar filters the user had when the
+    run started, set again (the App's reload clears them). Runs in the generator's thread, so waiting
+    holds nothing but this operation's stream."""
+    filters = ctx.request_params.get("filters")
+    if not filters:
+        return
+    waited = 0.0
+    for delay in delays:
+        time.sleep(max(delay - waited, 0.0))
+        waited = delay
+        yield ctx.trigger("set_filters", params=filters)
 
 
 # ----------------------------------------------------------------------------

@@ -39,7 +39,41 @@ def run_bifta_inputs(ctx, inputs) -> bool:
     ready &= _evaluation_inputs(ctx, inputs)
     ready &= _shards_inputs(ctx, inputs)
     ready &= _advanced_inputs(ctx, inputs, method)
+    _estimate_inputs(ctx, inputs, method)
     return ready
+
+
+def _estimate_inputs(ctx, inputs, method: str) -> None:
+    """Before Execute: how many samples the run classifies (and skips)
+    and, from the throughput an earlier run of the same model and method
+    recorded on this dataset, about how long that takes; without such a run
+    the notice says there is no basis (:func:`~bifta_plugin.sdk.summaries.estimate_run`).
+    """
+    from ..sdk.records import RunRecords
+    from ..sdk.summaries import estimate_run
+
+    params = ctx.params
+    target = ctx.target_view()
+    total = len(target)
+    records = RunRecords.load(ctx.dataset)
+    label_field = params.get("label_field") or defaults.LABEL_FIELD
+    done = 0
+    runs = records.runs_for_field(label_field)
+    if runs and params.get("skip_existing") and not params.get("overwrite"):
+        fields = dict(records.info(runs[-1]).get("fields") or {})
+        fields.pop("best_crop", None)  # written beside the crops, not checked as done
+        if "label" in fields:
+            done = len(target.match(rules.done_expression(fields)))
+    model = str(params.get("model_name") or RUN_PARAMS["model_name"].default).strip()
+    estimate = estimate_run(
+        records.infos(),
+        num_todo=total - done,
+        num_done=done,
+        model_name=model,
+        method=method,
+        device=params.get("device") or None,
+    )
+    ui.notice(inputs, "estimate", estimate.message)
 
 
 def _shards_inputs(ctx, inputs) -> bool:
