@@ -670,7 +670,3 @@ def default_num_workers() -> int:
     """Decode workers: leave the encoder most of the cores on a CPU box."""
     cpus = os.cpu_count() or 1
     return max(1, min(8, cpus // 2))
-
-
-def _name(source) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
