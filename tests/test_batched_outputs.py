@@ -26,10 +26,11 @@ def reference_outputs(scores, crops, weights, text, logit_scale):
     probs = torch.softmax(logits, dim=-1)
     c = int(torch.argmax(scores))
     mask = text.desc_mask[c]
-    i, j, _ = scoring.best_pair(crops, weights, text.desc_embeddings[c][mask], text.desc_weights[c][mask])
+    i, j, best = scoring.best_pair(crops, weights, text.desc_embeddings[c][mask], text.desc_weights[c][mask])
+    j = int(torch.nonzero(mask)[j])  # index among all of the class's descriptions
     return dict(
         label=c, logits=logits.numpy(), probs=probs.numpy(), confidence=float(probs[c]),
-        margin=float(scoring.top2_margin(probs)), best_crop=i, best_description=j,
+        margin=float(scoring.top2_margin(probs)), best_crop=i, best_description=j, best_value=best,
     )
 
 
@@ -87,9 +88,24 @@ def test_batched_tail_equals_the_per_image_reference(case):
     for b in range(batch):
         k = int(num_crops[b])
         ref = reference_outputs(scores[b], crop_emb[b][:k], weights[b][:k], text, logit_scale)
+
+        def contribution(pair, k, b=b, c=ref["label"]):
+            i, j = pair
+            assert i < k and bool(text.desc_mask[c][j])
+            t = text.desc_embeddings[c][j]
+            return float(weights[b, i] * text.desc_weights[c][j] * (crop_emb[b, i] @ t))
+
         assert int(host["label"][b]) == ref["label"]
-        assert int(host["best_crop"][b]) == ref["best_crop"]
-        assert int(host["best_description"][b]) == ref["best_description"]
+        pair = (int(host["best_crop"][b]), int(host["best_description"][b]))
+        if case % 5 == 0:
+            # identical crops: their contributions tie in exact arithmetic,
+            # but a BLAS kernel may round rows of one matmul differently
+            # (blocked vs remainder rows, CPU-dependent), so "first maximum"
+            # is not defined across two matmuls; the pair must still be a
+            # maximum, to float rounding
+            assert contribution(pair, k) >= ref["best_value"] - 1e-6
+        else:
+            assert pair == (ref["best_crop"], ref["best_description"])
         assert np.array_equal(host["logits"][b], ref["logits"])
         assert np.array_equal(host["probs"][b], ref["probs"])
         assert float(host["confidence"][b]) == ref["confidence"]
