@@ -342,11 +342,35 @@ class MispredictionsPanel(foo.Panel):
         }
         state.set({k: v for k, v in defaults.items() if state.get(k) is None})
         stages = _app_stages(ctx)
-        _remember_views(ctx, base=stages, own=stages, showing=None)
+        restored = self._restored_showing(ctx, stages)
+        if restored is _UNSET:
+            _remember_views(ctx, base=stages, own=stages, showing=None)
+        else:
+            state.set("showing", restored)
         signature = runs_signature(ctx.dataset)  # first: see _load_runs
         records = RunRecords.load(ctx.dataset)
         self._load_runs(ctx, records, signature)
         self._refresh(ctx, records=records)
+
+    @staticmethod
+    def _restored_showing(ctx, stages):
+        """On load, the description of ``stages`` if it is a view this panel
+        set (or its base) before the App reloaded: the App restores the
+        panel and its last view after a reload, and the metrics must stay on
+        the base the panel had, not re-base on a cell's samples. ``_UNSET``
+        when the panel has no such memory (a new panel: ``stages`` is the
+        base)."""
+        store = ctx.store(_VIEW_STORE)
+        base = store.get(f"{ctx.panel.id}:base_view")
+        if base is None:
+            return _UNSET
+        key = _view_key(stages)
+        owned = store.get(f"{ctx.panel.id}:owned") or {}
+        if key == _view_key(base):
+            return None
+        if key in owned:
+            return owned[key]
+        return _UNSET
 
     # --- runs ---------------------------------------------------------------
     def _load_runs(self, ctx, records=None, signature=None):
