@@ -79,6 +79,8 @@ def parse_args(argv=None):
                    help="peak RSS of fresh processes at these batch sizes (and --rss-images)")
     p.add_argument("--rss-images", type=int, nargs="*", default=None,
                    help="dataset sizes for the RSS probes (default: --images)")
+    p.add_argument("--only-rss", action="store_true",
+                   help="only the peak-memory probes (--rss-batch-sizes, --rss-images), no timing")
     p.add_argument("--probe-rss", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="bench_results.json")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -275,24 +277,95 @@ def rss_probe(args, batch_size: int, images: int) -> dict:
         cmd += ["--descriptions", args.descriptions]
     if args.num_workers is not None:
         cmd += ["--num-workers", str(args.num_workers)]
+    if args.view_batch_size is not None:
+        cmd += ["--view-batch-size", str(args.view_batch_size)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _pss_mb(pid: int) -> float:
+    """Proportional set size of one process: shared pages (the torch
+    libraries, shared-memory tensors handed from workers) counted once
+    across the tree, not once per process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class TreeMemorySampler:
+    """Samples the summed PSS of this process and its DataLoader workers
+    every ``interval`` s in a thread; ``peak_mb`` is the largest sum seen."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> float:
+        total = sum(_pss_mb(p) for p in _tree_pids(os.getpid()))
+        self.peak_mb = max(self.peak_mb, total)
+        return total
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 def probe_rss_main(args) -> None:
     encoder = create_encoder(args.model, None if args.pretrained.lower() in ("none", "") else args.pretrained,
                              device=args.device, cache_dir=False)
     classes, table = load_classes(args)
-    runtime = RuntimeOptions(batch_size=args.batch_size, num_workers=args.num_workers, crop_mode=args.crop_mode)
+    # a fixed worker count: the default picks 0 workers for short runs,
+    # which would compare different configurations across batch sizes
+    workers = 1 if args.num_workers is None else args.num_workers
+    runtime = RuntimeOptions(batch_size=args.batch_size, num_workers=workers, crop_mode=args.crop_mode,
+                             view_batch_size=args.view_batch_size)
     clf = BiftaClassifier(encoder, classes, table, get_config(args.method[0], **overrides(args)), runtime)
     with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
         paths = write_images(args.images, Path(tmp))
         base = peak_rss_mb()
-        for _ in clf.iter_predictions(paths):
-            pass
+        with TreeMemorySampler() as tree:
+            tree_before = tree.sample()
+            for _ in clf.iter_predictions(paths):
+                pass
     gpu = torch.cuda.max_memory_allocated() / 2**20 if encoder.device.type == "cuda" else None
-    print(json.dumps(dict(batch_size=args.batch_size, images=args.images, rss_before_mb=base,
-                          peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu)))
+    print(json.dumps(dict(batch_size=args.batch_size, images=args.images, num_workers=workers,
+                          view_batch_size=clf.view_batch_size(),
+                          rss_before_mb=base, peak_rss_mb=peak_rss_mb(), tree_pss_before_mb=tree_before,
+                          peak_tree_pss_mb=tree.peak_mb, peak_gpu_mb=gpu)))
 
 
 def compare_modes(encoder, classes, table, cfg, runtime, paths):
@@ -337,8 +410,8 @@ def print_table(report):
     info, results = report["machine"], report["results"]
     print(f"\nmachine: {info['cpu']} x{info['cpu_count']} | device {info['device']}"
           f"{' (' + info['gpu'] + ')' if 'gpu' in info else ''} | {info['precision']} | torch {info['torch']}")
-    print(f"model: {info['model']} pretrained={info['pretrained']} | repeat {results[0]['repeat']} "
-          "(times: median [min])\n")
+    print(f"model: {info['model']} pretrained={info['pretrained']}"
+          + (f" | repeat {results[0]['repeat']} (times: median [min])\n" if results else ""))
     head = ("method", "mode", "imgs", "views/img", "ref views/img", "img/s", "views/s", "e2e s",
             "enc s", "e2e/enc", "text cold s", "text cached s", "RSS MB", "GPU MB", "exact=fast")
     rows = []
@@ -365,9 +438,11 @@ def print_table(report):
               f"length-cut {text['length_cut_s']:.2f} s -> {text['speedup']:.2f}x ({text['text_path']})")
     for probe in report.get("rss", []):
         gpu = "" if probe["peak_gpu_mb"] is None else f", peak GPU {probe['peak_gpu_mb']:.0f} MB"
-        print(f"peak RSS, batch_size {probe['batch_size']:>3}, {probe['images']:>4} images: "
-              f"{probe['peak_rss_mb']:.0f} MB ({probe['peak_rss_mb'] - probe['rss_before_mb']:+.0f} MB "
-              f"during the run){gpu}")
+        print(f"peak memory, batch_size {probe['batch_size']:>3}, {probe['images']:>4} images, "
+              f"{probe['num_workers']} worker(s), {probe['view_batch_size']} views per encoder chunk: main RSS {probe['peak_rss_mb']:.0f} MB "
+              f"({probe['peak_rss_mb'] - probe['rss_before_mb']:+.0f} MB during the run), "
+              f"main + workers PSS {probe['peak_tree_pss_mb']:.0f} MB "
+              f"({probe['peak_tree_pss_mb'] - probe['tree_pss_before_mb']:+.0f} MB){gpu}")
 
 
 def main(argv=None):
@@ -386,9 +461,9 @@ def main(argv=None):
     classes, table = load_classes(args)
     with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
         paths = write_images(args.images, Path(tmp))
-        results = [bench_method(m, encoder, classes, table, paths, args) for m in methods]
+        results = [] if args.only_rss else [bench_method(m, encoder, classes, table, paths, args) for m in methods]
     report = dict(machine=machine_info(encoder), args=vars(args), results=results)
-    if not args.no_text_bench:
+    if not args.no_text_bench and not args.only_rss:
         report["text"] = bench_text(encoder, table, args)
     report["rss"] = [
         rss_probe(args, b, n) for n in (args.rss_images or [args.images]) for b in args.rss_batch_sizes

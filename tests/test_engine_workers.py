@@ -133,3 +133,39 @@ def test_float_views_never_exceed_one_encoder_chunk(encoder, sample_images, monk
         assert sum(seen) == sum(1 + len(p.boxes) for p in results[batch_size])
     for a, b in zip(results[1], results[6]):
         assert a.label == b.label and np.allclose(a.scores, b.scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("crop_mode", ["exact", "fast"])
+def test_prepared_pixels_are_released_before_the_batch_ends(encoder, sample_images, monkeypatch, crop_mode):
+    """Host memory does not grow with batch_size: at every encoder call, at
+    most one prepared entry (the one being cut) still holds its uint8 views
+    or source region, at batch_size 1 and 6 alike."""
+    import weakref
+
+    from bifta_plugin.engine import prepare
+
+    paths = [p for p, _ in sample_images[:6]]
+    alive = []
+    real_views = prepare.ViewPreparer._views
+
+    def tracked(self, *args, **kwargs):
+        item = real_views(self, *args, **kwargs)
+        alive.append(weakref.ref(item.pixels if item.pixels is not None else item.source))
+        return item
+
+    monkeypatch.setattr(prepare.ViewPreparer, "_views", tracked)
+    held = []
+    real = encoder.encode_images
+
+    def encode(pixels):
+        held.append(sum(ref() is not None for ref in alive))
+        return real(pixels)
+
+    monkeypatch.setattr(encoder, "encode_images", encode)
+    for batch_size in (1, 6):
+        alive.clear(), held.clear()
+        clf = classifier(encoder, batch_size=batch_size, num_workers=0, view_batch_size=5, crop_mode=crop_mode)
+        preds = clf.predict(paths)
+        assert all(p.ok for p in preds)
+        assert len(alive) == len(paths) and held
+        assert max(held) <= 1, (batch_size, held)

@@ -448,36 +448,17 @@ class BiftaClassifier:
         return torch.cat(chunks).float()
 
     def encode_items(self, items: list) -> Tensor:
-        """Every view of ``items``, encoded chunk by chunk.
-
-        Views are cut per encoder chunk of :meth:`view_batch_size` views
-        (a chunk may span entries), so at most one chunk of float views
-        exists at a time whatever ``batch_size`` is.
+        """Every view of ``items``, encoded chunk by chunk (see
+        :class:`ChunkedEncoding`).
 
         Returns:
             Tensor[V, D] float32 normalised on the device, V = sum of the
             entries' ``1 + K``, in entry order (row 0 of each is its global view).
         """
-        step = self.view_batch_size()
-        total = sum(it.num_views for it in items)
-        out = torch.empty(total, self.encoder.embed_dim, device=self.device)
-        source_cache: dict = {}
-        pending: list[Tensor] = []
-        filled = written = 0
+        stream = ChunkedEncoding(self)
         for item in items:
-            start = 0
-            while start < item.num_views:
-                stop = min(item.num_views, start + step - filled)
-                pending.append(self._segment_views(item, start, stop, source_cache))
-                filled += stop - start
-                start = stop
-                if filled == step:
-                    out[written : written + filled] = self._encode_chunk(pending)
-                    written += filled
-                    pending, filled = [], 0
-        if pending:
-            out[written : written + filled] = self._encode_chunk(pending)
-        return out
+            stream.add(item)
+        return stream.finish()
 
     def _encode_chunk(self, segments: list) -> Tensor:
         views = segments[0] if len(segments) == 1 else torch.cat(segments)
@@ -592,16 +573,29 @@ class BiftaClassifier:
         keys = [default_key(s, i) for i, s in enumerate(sources)] if keys is None else list(keys)
         if len(keys) != len(sources):
             raise ValueError(f"got {len(keys)} keys for {len(sources)} images")
-        loader = self._loader(sources, keys)
+        groups = regions.group_by_image(sources)
+        # The loader hands over one image group at a time; the entries'
+        # views are encoded as they arrive and their pixels dropped, so host
+        # memory holds the loader's few prefetched groups and one chunk of
+        # float views, whatever ``batch_size`` is. A batch only decides
+        # which entries are scored (and yielded) together.
+        loaded = iter(self._loader(sources, keys, groups))
         done = 0
-        for batch in loader:
-            good = [it for it in batch if it.error is None]
+        for batch in regions.batch_groups(groups, self.runtime.batch_size):
+            stream = ChunkedEncoding(self)
+            entries = []
+            for _ in batch:
+                for item in next(loaded):
+                    entries.append(item)
+                    if item.error is None:
+                        stream.add(item)
+            good = [it for it in entries if it.error is None]
             results = {}
             if good:
-                features = self.encode_items(good)
+                features = stream.finish()
                 results = {p.index: p for p in self._score_batch(good, features)}
-            out = [results.get(it.index) or _failed(it) for it in batch]
-            done += len(batch)
+            out = [results.get(it.index) or _failed(it) for it in entries]
+            done += len(entries)
             if progress is not None:
                 progress(done, len(sources))
             yield out
@@ -610,8 +604,11 @@ class BiftaClassifier:
         """Predict a list of images (see :meth:`iter_predictions`)."""
         return [p for batch in self.iter_predictions(sources, keys) for p in batch]
 
-    def _loader(self, sources, keys):
-        groups = regions.group_by_image(sources)
+    def _loader(self, sources, keys, groups=None):
+        """A DataLoader yielding the prepared entries of one image group
+        per item, in group order."""
+        if groups is None:
+            groups = regions.group_by_image(sources)
         workers = self.runtime.num_workers
         in_memory = any(
             not isinstance(s, (str, os.PathLike, regions.Patch)) for s in sources[:1]
@@ -629,13 +626,15 @@ class BiftaClassifier:
         dataset = side.GroupDataset(groups, sources, keys, side.ViewPreparer.like(self.preparer))
         return torch.utils.data.DataLoader(
             dataset,
-            batch_sampler=regions.batch_groups(groups, self.runtime.batch_size),
+            batch_sampler=[[g] for g in range(len(groups))],
             num_workers=workers,
             collate_fn=side.flatten_groups,
             pin_memory=self.device.type == "cuda",
             multiprocessing_context=self.runtime.multiprocessing_context if workers > 0 else None,
             worker_init_fn=functools.partial(side.worker_init, os.getpid()) if workers > 0 else None,
-            prefetch_factor=2 if workers > 0 else None,
+            # groups in flight per worker: enough to keep the encoder fed,
+            # and a bound on host memory that does not depend on batch_size
+            prefetch_factor=PREFETCH_GROUPS if workers > 0 else None,
             persistent_workers=False,
             # a worker that cannot start (or hangs) raises instead of
             # blocking the run forever
@@ -657,6 +656,52 @@ class BiftaClassifier:
             logit_scale=float(self.encoder.logit_scale),
             descriptions_kept=self.text.refinement_report(),
         )
+
+
+#: image groups each DataLoader worker prepares ahead of the encoder
+PREFETCH_GROUPS = 4
+
+
+class ChunkedEncoding:
+    """Encodes the views of entries as they arrive, one encoder chunk of
+    ``view_batch_size`` views at a time (a chunk may span entries).
+
+    Only the chunk being filled exists as float views; an entry's uint8
+    views (exact mode) or source region (fast mode) are released as soon as
+    all its views are cut, so memory does not grow with the batch.
+    """
+
+    def __init__(self, classifier: "BiftaClassifier"):
+        self.classifier = classifier
+        self.step = classifier.view_batch_size()
+        self.pending: list[Tensor] = []
+        self.filled = 0
+        self.encoded: list[Tensor] = []
+        self.source_cache: dict = {}
+
+    def add(self, item: PreparedView) -> None:
+        start = 0
+        while start < item.num_views:
+            stop = min(item.num_views, start + self.step - self.filled)
+            self.pending.append(self.classifier._segment_views(item, start, stop, self.source_cache))
+            self.filled += stop - start
+            start = stop
+            if self.filled == self.step:
+                self._flush()
+        item.pixels = item.source = None
+
+    def _flush(self) -> None:
+        self.encoded.append(self.classifier._encode_chunk(self.pending))
+        self.pending, self.filled = [], 0
+
+    def finish(self) -> Tensor:
+        """Tensor[V, D] float32 normalised, every view added, in order."""
+        if self.pending:
+            self._flush()
+        self.source_cache.clear()
+        if not self.encoded:
+            return torch.empty(0, self.classifier.encoder.embed_dim, device=self.classifier.device)
+        return self.encoded[0] if len(self.encoded) == 1 else torch.cat(self.encoded)
 
 
 def resolve_crop_mode(crop_mode: str, device: torch.device) -> str:
