@@ -573,6 +573,7 @@ class BiftaClassifier:
         keys = [default_key(s, i) for i, s in enumerate(sources)] if keys is None else list(keys)
         if len(keys) != len(sources):
             raise ValueError(f"got {len(keys)} keys for {len(sources)} images")
+        worker_life.cap_heap_growth()
         groups = regions.group_by_image(sources)
         # The loader hands over one image group at a time; the entries'
         # views are encoded as they arrive and their pixels dropped, so host

@@ -242,6 +242,7 @@ def worker_init(parent_pid: int, _worker_id: int) -> None:
     """DataLoader ``worker_init_fn``."""
     # A worker must not outlive the process that started it (kill -9 included).
     worker_life.die_with_parent(parent_pid)
+    worker_life.cap_heap_growth()
     # Workers only decode and resize with PIL; torch threads there would
     # compete with the encoder for the same cores.
     torch.set_num_threads(1)
