@@ -427,11 +427,12 @@ def print_table(report):
             f"{r['peak_rss_mb']:.0f}", "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}",
             "-" if "exact_fast_agreement" not in r else f"{r['exact_fast_agreement']:.0%}",
         ))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+    if rows:
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+        print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
+        print("-+-".join("-" * w for w in widths))
+        for row in rows:
+            print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
     text = report.get("text")
     if text:
         print(f"\ntext encoding, {text['texts']} texts cold: full context {text['full_context_s']:.2f} s, "
