@@ -4,7 +4,7 @@
   name; a dead holder's lease goes stale and is claimed; a taken-over
   holder stops at its next batch;
 - sharded runs: a run split 4 ways over real ``fiftyone delegated launch``
-  workers labels every sample once, exactly as one process does; a worker
+  workers labels every sample once, as one process does (same labels; logits to float rounding); a worker
   killed with SIGKILL mid-shard shows as stale, ``requeue`` queues its
   shard again, and the run completes with nothing lost or duplicated;
   simultaneous shard completions finalise the run once.
@@ -302,6 +302,23 @@ def _wait_completed(ds, run_key, workers, timeout=240):
         raise AssertionError(f"{e}\nstate: {bls.load_state(ds, run_key)}\nops: {errors}") from None
 
 
+def _same_labels(ds, field, reference):
+    """Same label on every sample, logits equal to float rounding.
+
+    Not bit-identical: under load a worker can miss heartbeats (stale after
+    1.5 s here), another worker takes its shard over and resumes it in
+    other batches, and a batch's composition moves the last bits of the
+    encoder's matmuls.
+    """
+    got, want = _labels(ds, field), _labels(ds, reference)
+    assert got.keys() == want.keys()
+    assert {i: lab for i, (lab, _) in got.items()} == {i: lab for i, (lab, _) in want.items()}
+    for i, (_, logits) in got.items():
+        assert (logits is None) == (want[i][1] is None), i
+        if logits is not None:
+            assert logits == pytest.approx(want[i][1], abs=1e-5), i
+
+
 def _labels(ds, field):
     ids = ds.values("id")
     labels = ds.values(f"{field}.label")
@@ -348,7 +365,7 @@ def test_sharded_run_on_delegated_workers_equals_one_process(
     assert info["results"]["num_processed"] == 240 and info["results"]["num_samples"] == 240
     assert info["results"]["accuracy"] == pytest.approx(single.accuracy)
     ds.reload()
-    assert _labels(ds, "sharded") == _labels(ds, "single")  # bit-identical
+    _same_labels(ds, "sharded", "single")
 
 
 @pytest.mark.slow
@@ -397,7 +414,7 @@ def test_killed_worker_is_stale_then_requeued_and_nothing_is_lost(
     assert redone["num_skipped"] >= victim["done"] > 0
     total = sum(s["counts"]["num_processed"] for s in state["shards"])
     assert total + redone["num_skipped"] == 240  # every sample predicted once
-    assert _labels(ds, "crash") == _labels(ds, "single")
+    _same_labels(ds, "crash", "single")
     assert info["stale"] is False and info["results"]["num_samples"] == 240
 
 

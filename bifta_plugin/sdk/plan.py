@@ -262,9 +262,6 @@ def make_plan(
         bf.check_target(samples, target, output)
     samples, target, object_ids = bp.resolve_target(samples, target)
     dataset = _check_collection(samples)
-    shard = getattr(runtime, "shard", None)
-    if target.patches_field is not None and shard is not None and shard[1] > 1:
-        raise ValueError("a patches run (patches_field) cannot be sharded; run it whole")
     config = get_config(method, **dict(config_overrides or {}))
     engine = _check_runtime(runtime)
     _check_int(output.max_class_fields, "max_class_fields", 0)

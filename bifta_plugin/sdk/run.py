@@ -415,10 +415,14 @@ def _with_truncation(plan: RunPlan, encoder) -> RunPlan:
 
 
 def _count_objects(plan: RunPlan) -> int:
-    """The objects a patches run targets (all, or the patches view's)."""
+    """The objects a patches run targets in ``plan.samples`` (all of their
+    objects, or those of the patches view the run was given; a shard's
+    samples hold only part of those)."""
+    path = f"{plan.target.patches_field}.detections"
     if plan.object_ids is not None:
-        return len(plan.object_ids)
-    return int(plan.samples.count(f"{plan.target.patches_field}.detections"))
+        ids = plan.samples.values(f"{path}.id", unwind=True)
+        return sum(1 for i in ids if i is not None and str(i) in plan.object_ids)
+    return int(plan.samples.count(path))
 
 
 def _new_result(plan: RunPlan, classifier: BiftaClassifier, params: dict) -> RunResult:

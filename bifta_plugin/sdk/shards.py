@@ -171,11 +171,24 @@ def complete_shard(lease: bls.Lease, result: RunResult) -> dict | None:
 
 def merged_result(result: RunResult, state: dict, num_samples: int) -> RunResult:
     """The whole run's result from the shards' recorded counts (the
-    finalising shard's failures list is the only one kept)."""
+    finalising shard's failures list is the only one kept).
+
+    ``num_samples`` (the run's samples) is used only if a shard recorded no
+    count of its own; otherwise the total is the shards' sum, which counts
+    the run's unit: samples, objects (patches runs) or frames (video runs).
+    """
     totals = {k: 0 for k in ("num_processed", "num_skipped", "num_failed")}
+    units = 0
     for shard in state["shards"]:
+        counts = shard.get("counts") or {}
         for k in totals:
-            totals[k] += int((shard.get("counts") or {}).get(k, 0))
+            totals[k] += int(counts.get(k, 0))
+        if units is not None and "num_samples" in counts:
+            units += int(counts["num_samples"])
+        else:
+            units = None
+    if units is not None:
+        num_samples = units
     elapsed = (bls.utcnow() - state["created_at"]).total_seconds()
     done = totals["num_processed"] + totals["num_failed"]
     return dataclasses.replace(
