@@ -220,3 +220,22 @@ def test_a_frames_view_is_refused(ds, tmp_path):
     frames = ds.to_frames(sample_frames=True, max_fps=1, output_dir=str(tmp_path / "frames"))
     with pytest.raises(ValueError, match="generated view \\(frames or clips\\)"):
         make_plan(frames, CLASSES, DESCRIPTIONS)
+
+
+def test_sharded_video_run_counts_frames_and_equals_one_run(ds, encoder):
+    """Two shards (one video each), one after the other in this process:
+    the merged result counts frames, the labels are one run's."""
+    whole = _run(ds, encoder, frame_step=3, output=OutputSpec("whole"))
+    shards = [
+        run_bifta(
+            ds, CLASSES, DESCRIPTIONS, method="bifta", encoder=EncoderSpec(instance=encoder),
+            runtime=RunOptions(batch_size=4, num_workers=0, crop_mode="exact", shard=(i, 2)),
+            output=OutputSpec("sharded"), target=TargetSpec(frame_step=3), **FAST,
+        )
+        for i in range(2)
+    ]
+    assert [r.num_samples for r in shards] == [4, 8]  # shard 0's frames; the merged total
+    assert shards[-1].num_processed == whole.num_processed == 8
+    assert records.get_bifta_run_info(ds, "sharded")["results"]["num_samples"] == 8
+    ds.reload()
+    assert _frame_values(ds, "frames.sharded.label") == _frame_values(ds, "frames.whole.label")
