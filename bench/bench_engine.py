@@ -460,9 +460,11 @@ def main(argv=None):
     encoder = create_encoder(args.model, pretrained, device=args.device, precision=args.precision,
                              cache_dir=tempfile.mkdtemp(prefix="bifta-bench-cache-"))
     classes, table = load_classes(args)
-    with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
-        paths = write_images(args.images, Path(tmp))
-        results = [] if args.only_rss else [bench_method(m, encoder, classes, table, paths, args) for m in methods]
+    results = []
+    if not args.only_rss:  # the probes write their own images in their own processes
+        with tempfile.TemporaryDirectory(prefix="bifta-bench-") as tmp:
+            paths = write_images(args.images, Path(tmp))
+            results = [bench_method(m, encoder, classes, table, paths, args) for m in methods]
     report = dict(machine=machine_info(encoder), args=vars(args), results=results)
     if not args.no_text_bench and not args.only_rss:
         report["text"] = bench_text(encoder, table, args)

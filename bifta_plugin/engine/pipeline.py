@@ -447,19 +447,6 @@ class BiftaClassifier:
         ]
         return torch.cat(chunks).float()
 
-    def encode_items(self, items: list) -> Tensor:
-        """Every view of ``items``, encoded chunk by chunk (see
-        :class:`ChunkedEncoding`).
-
-        Returns:
-            Tensor[V, D] float32 normalised on the device, V = sum of the
-            entries' ``1 + K``, in entry order (row 0 of each is its global view).
-        """
-        stream = ChunkedEncoding(self)
-        for item in items:
-            stream.add(item)
-        return stream.finish()
-
     def _encode_chunk(self, segments: list) -> Tensor:
         views = segments[0] if len(segments) == 1 else torch.cat(segments)
         return self.encoder.encode_images(views).float()
@@ -469,7 +456,7 @@ class BiftaClassifier:
 
         Args:
             items: B prepared entries (no errors).
-            features: Tensor[V, D] from :meth:`encode_items`.
+            features: Tensor[V, D] from :meth:`ChunkedEncoding.finish`.
         """
         counts = torch.tensor([it.num_views for it in items])  # [B], host
         starts = torch.cumsum(counts, 0) - counts

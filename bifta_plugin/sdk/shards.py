@@ -177,18 +177,12 @@ def merged_result(result: RunResult, state: dict, num_samples: int) -> RunResult
     count of its own; otherwise the total is the shards' sum, which counts
     the run's unit: samples, objects (patches runs) or frames (video runs).
     """
-    totals = {k: 0 for k in ("num_processed", "num_skipped", "num_failed")}
-    units = 0
-    for shard in state["shards"]:
-        counts = shard.get("counts") or {}
-        for k in totals:
-            totals[k] += int(counts.get(k, 0))
-        if units is not None and "num_samples" in counts:
-            units += int(counts["num_samples"])
-        else:
-            units = None
-    if units is not None:
-        num_samples = units
+    counts = [shard.get("counts") or {} for shard in state["shards"]]
+    totals = {
+        k: sum(int(c.get(k, 0)) for c in counts) for k in ("num_processed", "num_skipped", "num_failed")
+    }
+    if all("num_samples" in c for c in counts):
+        num_samples = sum(int(c["num_samples"]) for c in counts)
     elapsed = (bls.utcnow() - state["created_at"]).total_seconds()
     done = totals["num_processed"] + totals["num_failed"]
     return dataclasses.replace(

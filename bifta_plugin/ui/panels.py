@@ -177,6 +177,18 @@ def _remembered_views(ctx) -> tuple[list, list, dict]:
     )
 
 
+def _known_view(stages, base, owned: dict):
+    """What the panel shows when the App is on ``stages``: the description
+    of one of the panel's own views (``owned``), None for its base, or
+    ``_UNSET`` for a view the panel does not know (the user's)."""
+    key = _view_key(stages)
+    if key in owned:
+        return owned[key]
+    if key == _view_key(base):
+        return None
+    return _UNSET
+
+
 def _is_crops_filter(stage: dict, crops_field: str) -> bool:
     """Whether a serialized stage is the best-crop filter of
     :func:`analysis.best_crops_view` on ``crops_field``."""
@@ -360,17 +372,10 @@ class MispredictionsPanel(foo.Panel):
         the base the panel had, not re-base on a cell's samples. ``_UNSET``
         when the panel has no such memory (a new panel: ``stages`` is the
         base)."""
-        store = ctx.store(_VIEW_STORE)
-        base = store.get(f"{ctx.panel.id}:base_view")
-        if base is None:
+        if ctx.store(_VIEW_STORE).get(f"{ctx.panel.id}:base_view") is None:
             return _UNSET
-        key = _view_key(stages)
-        owned = store.get(f"{ctx.panel.id}:owned") or {}
-        if key == _view_key(base):
-            return None
-        if key in owned:
-            return owned[key]
-        return _UNSET
+        base, _, owned = _remembered_views(ctx)
+        return _known_view(stages, base, owned)
 
     # --- runs ---------------------------------------------------------------
     def _load_runs(self, ctx, records=None, signature=None):
@@ -448,14 +453,12 @@ class MispredictionsPanel(foo.Panel):
         current = _app_stages(ctx)
         base, _, owned = _remembered_views(ctx)
         if ctx.request_params.get("view_name") is None:
-            key = _view_key(current)
-            if key in owned:  # one of the panel's own views: keep all
-                if ctx.panel.state.get("showing") != owned[key]:
-                    ctx.panel.state.set("showing", owned[key])
+            # one of the panel's own views, or back to the base: keep all
+            showing = _known_view(current, base, owned)
+            if showing is not _UNSET:
+                if ctx.panel.state.get("showing") != showing:
+                    ctx.panel.state.set("showing", showing)
                 return
-            if key == _view_key(base):
-                ctx.panel.state.set("showing", None)
-                return  # back to the base: nothing to recompute
             if any(_extends(current, json.loads(k)) for k in owned if k != _view_key(base)):
                 return  # a refinement of the panel's own view
         _remember_views(ctx, base=current, showing=None)
