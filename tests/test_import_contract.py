@@ -15,7 +15,6 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_PARENT = os.path.dirname(REPO_ROOT)
-PLUGIN_DIR_NAME = os.path.basename(REPO_ROOT)
 
 
 
@@ -95,8 +94,16 @@ def test_plugin_registration_is_light():
     ``bifta_plugin``): no torch, no open_clip, and no FiftyOne module beyond
     what ``import fiftyone.operators`` (which every plugin needs) loads itself."""
     baseline = _modules_after("import fiftyone.operators, fiftyone.operators.types")
+    # as fiftyone.plugins.context does: the root __init__.py loaded from its
+    # file under a synthetic module name (importing it by its folder's name
+    # breaks on a checkout in a folder with a dot, e.g. mktemp -d's tmp.XXXX)
+    init = os.path.join(REPO_ROOT, "__init__.py")
     code = (
-        f"import importlib; m = importlib.import_module({PLUGIN_DIR_NAME!r})\n"
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('bifta_plugin_root_check', {init!r})\n"
+        "m = importlib.util.module_from_spec(spec)\n"
+        "sys.modules[spec.name] = m\n"
+        "spec.loader.exec_module(m)\n"
         "assert callable(m.register)\n"
     )
     mods = _modules_after(code, cwd=PLUGIN_PARENT)
